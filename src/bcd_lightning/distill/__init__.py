@@ -1,0 +1,6 @@
+"""Distillation losses as plug-ins (``distill.losses`` in the config)."""
+
+from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.distill.kd import LogitKD
+
+__all__ = ["DistillLoss", "LogitKD"]

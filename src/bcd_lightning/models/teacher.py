@@ -1,0 +1,87 @@
+"""A teacher that cannot drift: eval-locked, gradient-free, strictly loaded, never checkpointed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from bcd_lightning.models.outputs import SegOutput
+from bcd_lightning.models.seg_model import SegModel
+
+
+class TeacherLoadError(RuntimeError):
+    """The teacher checkpoint is missing, unreadable or belongs to another architecture."""
+
+
+def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
+    """The ``SegModel`` state dict inside a Lightning checkpoint or a plain state dict.
+
+    Lightning checkpoints of this framework store the trained network under ``model.``.
+    """
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise TeacherLoadError(f"{source}: no state dict found (empty or not a checkpoint).")
+    if any(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """``torch.load`` with safe defaults and one clear error per failure mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherLoadError(f"Teacher checkpoint not found: {path}. Train one with `make train-teacher`.")
+    if path.stat().st_size == 0:
+        raise TeacherLoadError(f"Teacher checkpoint is empty: {path}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise TeacherLoadError(f"Teacher checkpoint {path} could not be read: {err}") from err
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a :class:`SegModel`; stays in eval mode and never takes gradients.
+
+    ``train(True)`` is ignored, every parameter has ``requires_grad=False`` and the forward pass runs
+    under ``torch.no_grad()`` (not ``inference_mode``, whose tensors cannot enter autograd later).
+    """
+
+    def __init__(self, model: SegModel, checkpoint: str | Path | None = None) -> None:
+        super().__init__()
+        self.model = model
+        if checkpoint is not None:
+            self.load_strict(checkpoint)
+        self.model.requires_grad_(False)
+        super().train(False)
+
+    def load_strict(self, checkpoint: str | Path) -> None:
+        state = extract_model_state(load_checkpoint_file(checkpoint), str(checkpoint))
+        result = self.model.load_state_dict(state, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        mismatched = [
+            k
+            for k, v in state.items()
+            if k in self.model.state_dict() and self.model.state_dict()[k].shape != v.shape
+        ]
+        if missing or unexpected or mismatched:
+            raise TeacherLoadError(
+                f"Teacher checkpoint {checkpoint} does not match the teacher architecture "
+                f"({self.model.arch}/{self.model.encoder_name}): "
+                f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+                f"{unexpected[:5]}, {len(mismatched)} shape mismatches {mismatched[:5]}. "
+                "Check teacher.model matches the config the teacher was trained with."
+            )
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        # Lightning and user code call train(); the teacher stays in eval whatever is asked.
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> SegOutput:
+        with torch.no_grad():
+            return self.model(x)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
