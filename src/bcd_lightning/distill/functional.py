@@ -6,6 +6,8 @@ in the docstring and in ``docs/method.md``. Softmax / log-softmax run in fp32 ev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,3 +47,327 @@ def pixel_kd(
             teacher_logits, size=student_logits.shape[-2:], mode="bilinear", align_corners=False
         )
     return tau**2 * masked_mean(pixel_kl(student_logits, teacher_logits, tau), valid_mask)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Boundary and Context Distillation (BCD). Equations: docs/method.md. Teacher inputs are detached here so a
+# loss can never push gradients into the teacher, whatever the caller did.
+# --------------------------------------------------------------------------------------------------------
+
+#: Norm floor for per-pixel normalisation: a (near-)zero feature becomes the zero vector (affinity 0).
+NORM_EPS = 1e-6
+#: Automatic chunk size for the context loss: one ``[B, chunk, N]`` block holds at most this many elements
+#: (32 MiB of fp32); a chunk step keeps about four such blocks alive.
+CHUNK_ELEMENTS = 8 * 2**20
+BOUNDARY_VARIANTS = ("mse", "l1", "kl")
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """fp32 for half / bfloat16 / fp32 inputs; float64 stays float64 (reference tests)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _no_autocast(x: Tensor) -> torch.autocast:
+    # Matmuls and reductions below must run in fp32 even inside a bf16/fp16 autocast region.
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def _normalize_channels(x: Tensor, dim: int) -> Tensor:
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(NORM_EPS)
+
+
+def _resize_map(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Bilinear resize of a ``[B, H, W]`` map (no-op when the size already matches)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+
+
+def boundary_map(feature: Tensor, dilation: int = 1) -> Tensor:
+    """Boundary strength ``b(p) = 1 - mean_δ max(f(p)·f(p+δ), 0)`` in ``[0, 1]``, shape ``[B, H, W]``.
+
+    ``f`` is the feature normalised over channels, ``δ`` the 8 neighbour offsets scaled by ``dilation``;
+    borders use replicate padding. 0 inside a uniform region, 3/8 along a straight interface between
+    orthogonal features, 1 for an isolated pixel. O(8·C·H·W) time and memory, fp32.
+    """
+    if feature.dim() != 4:
+        raise ValueError(f"boundary_map: feature must be [B, C, H, W], got shape {tuple(feature.shape)}")
+    if int(dilation) != dilation or dilation < 1:
+        raise ValueError(f"boundary_map: dilation must be an integer >= 1, got {dilation!r}")
+    d = int(dilation)
+    with _no_autocast(feature):
+        f = _normalize_channels(_upcast(feature), dim=1)
+        h, w = f.shape[-2:]
+        padded = F.pad(f, (d, d, d, d), mode="replicate")
+        affinity = f.new_zeros(f.shape[0], h, w)
+        for dy in (0, d, 2 * d):
+            for dx in (0, d, 2 * d):
+                if dy == d and dx == d:
+                    continue  # the centre pixel itself
+                neighbour = padded[:, :, dy : dy + h, dx : dx + w]
+                affinity = affinity + (f * neighbour).sum(1).clamp_min(0.0)
+        return 1.0 - affinity / 8.0
+
+
+def _check_stage_weights(stage_weights: Sequence[float] | None, n: int, where: str) -> list[float]:
+    if stage_weights is None:
+        return [1.0 / n] * n  # average over stages: the scale does not grow with the number of stages
+    weights = [float(w) for w in stage_weights]
+    if len(weights) != n:
+        raise ValueError(f"{where}: stage_weights has {len(weights)} entries for {n} stages: {weights}")
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"{where}: stage_weights must be >= 0 with at least one > 0, got {weights}")
+    return weights
+
+
+def boundary_distillation(
+    student_stages: Sequence[Tensor],
+    teacher_stages: Sequence[Tensor],
+    stage_weights: Sequence[float] | None = None,
+    variant: str = "mse",
+    dilation: int = 1,
+    tau: float = 0.1,
+) -> Tensor:
+    """Boundary distillation ``Σ_l w_l · D(b_l^S, b_l^T)`` over paired stage features.
+
+    ``b`` is :func:`boundary_map`; student maps are resized (bilinear) to the teacher map's size.
+    ``D`` per variant: ``"mse"`` mean over pixels and batch of ``(b^S - b^T)²``; ``"l1"`` mean of
+    ``|b^S - b^T|``; ``"kl"`` ``τ² · mean_batch KL(softmax(b^T/τ) ‖ softmax(b^S/τ))`` with the softmax
+    over the H·W positions of each map. ``stage_weights=None`` gives ``w_l = 1/L``. Teacher inputs are
+    treated as constants (detached).
+    """
+    if variant not in BOUNDARY_VARIANTS:
+        raise ValueError(
+            f"boundary_distillation: variant must be one of {BOUNDARY_VARIANTS}, got {variant!r}"
+        )
+    if tau <= 0:
+        raise ValueError(f"boundary_distillation: tau must be > 0, got {tau}")
+    if len(student_stages) != len(teacher_stages) or not student_stages:
+        raise ValueError(
+            "boundary_distillation: need the same non-zero number of student and teacher stages, got "
+            f"{len(student_stages)} and {len(teacher_stages)}"
+        )
+    weights = _check_stage_weights(stage_weights, len(student_stages), "boundary_distillation")
+    total: Tensor | None = None
+    for w, fs, ft in zip(weights, student_stages, teacher_stages, strict=True):
+        b_t = boundary_map(ft.detach(), dilation)
+        b_s = _resize_map(boundary_map(fs, dilation), b_t.shape[-2:])
+        with _no_autocast(b_s):
+            if variant == "mse":
+                term = (b_s - b_t).square().mean()
+            elif variant == "l1":
+                term = (b_s - b_t).abs().mean()
+            else:
+                log_q = F.log_softmax(b_s.flatten(1) / tau, dim=1)
+                log_p = F.log_softmax(b_t.flatten(1) / tau, dim=1)
+                term = tau**2 * (log_p.exp() * (log_p - log_q)).sum(1).mean()
+        total = w * term if total is None else total + w * term
+    assert total is not None
+    return total
+
+
+def fused_boundary_map(
+    stages: Sequence[Tensor], size: tuple[int, int] | torch.Size, dilation: int = 1
+) -> Tensor:
+    """Mean over stages of the boundary maps, each resized (bilinear) to ``size``: ``[B, *size]`` in [0, 1].
+
+    Each entry is a ``[B, C, H, W]`` feature (its :func:`boundary_map` is taken) or an already computed
+    ``[B, H, W]`` map.
+    """
+    if not stages:
+        raise ValueError("fused_boundary_map: need at least one stage")
+    maps = [s if s.dim() == 3 else boundary_map(s, dilation) for s in stages]
+    return torch.stack([_resize_map(_upcast(m), size) for m in maps]).mean(0)
+
+
+def boundary_weighted_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    weight_map: Tensor,
+    tau: float = 1.0,
+    valid_mask: Tensor | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Boundary-weighted pixel KD: ``τ² · Σ_p w_p·v_p·KL_p / max(Σ_p w_p·v_p, eps)``, summed over the batch.
+
+    ``KL_p`` is :func:`pixel_kl` at temperature τ, ``w`` the weight map ``[B, h, w]`` (resized bilinearly to
+    the logits, detached), ``v`` the valid mask ``[B, H, W]`` (False at ignored pixels, which contribute
+    nothing). The teacher logits are resized to the student's if needed and detached.
+    """
+    if tau <= 0:
+        raise ValueError(f"boundary_weighted_kd: tau must be > 0, got {tau}")
+    teacher_logits = teacher_logits.detach()
+    with _no_autocast(student_logits):
+        if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
+            teacher_logits = F.interpolate(
+                teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear", align_corners=False
+            )
+        kl = pixel_kl(student_logits, teacher_logits, tau)
+        w = _resize_map(_upcast(weight_map.detach()), kl.shape[-2:]).to(kl.dtype)
+        if valid_mask is not None:
+            # where(), not a product: a non-finite KL at an ignored pixel must not leak in.
+            w = torch.where(valid_mask, w, torch.zeros_like(w))
+            kl = torch.where(valid_mask, kl, torch.zeros_like(kl))
+        return tau**2 * (w * kl).sum() / w.sum().clamp_min(eps)
+
+
+def _relation_nodes(
+    student_feat: Tensor, teacher_feat: Tensor, pool: int = 1, grid: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Student and teacher relation nodes ``[B, N, C]``, unit-norm rows, on one common ``h×w`` grid.
+
+    Both maps are average-pooled with kernel = stride = ``pool`` (partial windows at the border kept),
+    then resized to ``grid`` (default: the pooled teacher size): area pooling when shrinking, bilinear
+    otherwise. The teacher is detached.
+    """
+    if int(pool) != pool or pool < 1:
+        raise ValueError(f"relation loss: pool must be an integer >= 1, got {pool!r}")
+    if student_feat.dim() != 4 or teacher_feat.dim() != 4:
+        raise ValueError(
+            "relation loss: features must be [B, C, H, W], got "
+            f"{tuple(student_feat.shape)} and {tuple(teacher_feat.shape)}"
+        )
+    if student_feat.shape[0] != teacher_feat.shape[0]:
+        raise ValueError(
+            f"relation loss: batch sizes differ ({student_feat.shape[0]} vs {teacher_feat.shape[0]})"
+        )
+    s, t = _upcast(student_feat), _upcast(teacher_feat.detach())
+    if pool > 1:
+        s = F.avg_pool2d(s, int(pool), int(pool), ceil_mode=True)
+        t = F.avg_pool2d(t, int(pool), int(pool), ceil_mode=True)
+    size = tuple(t.shape[-2:]) if grid is None else (int(grid[0]), int(grid[1]))
+    if min(size) < 1:
+        raise ValueError(f"relation loss: grid must be positive, got {size}")
+
+    def to_grid(x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+            return F.adaptive_avg_pool2d(x, size)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    s, t = to_grid(s), to_grid(t)
+    return (
+        _normalize_channels(s.flatten(2).transpose(1, 2), dim=-1),
+        _normalize_channels(t.flatten(2).transpose(1, 2), dim=-1),
+    )
+
+
+def auto_chunk_size(batch: int, nodes: int, max_elements: int = CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so one ``[batch, chunk, nodes]`` block has at most ``max_elements`` elements."""
+    return max(1, min(nodes, max_elements // max(1, batch * nodes)))
+
+
+class _ChunkedRelationKL(torch.autograd.Function):
+    """``τ²/(B·N) · Σ_{b,i} KL(R_i^T ‖ R_i^S)`` over row chunks; O(chunk·N) memory.
+
+    The gradient is exact and computed in the same pass as the loss: for logits ``a = s sᵀ/τ`` the
+    gradient of the loss w.r.t. ``a_ij`` is ``c·(R^S_ij - R^T_ij)`` with ``c = τ²/(B·N)``, so
+    ``∂L/∂s = (G + Gᵀ) s / τ``, accumulated chunk by chunk. This needs no N×N storage and, unlike
+    recomputation in ``backward``, no second pass over the matmuls (fwd+bwd FLOPs equal the naive
+    version's). ``backward`` only scales the stored gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, tau: float, chunk: int, need_grad: bool) -> Tensor:  # type: ignore[override]
+        b, n, _ = s.shape
+        scale = tau**2 / (b * n)
+        s_t, t_t = s.transpose(1, 2), t.transpose(1, 2)
+        grad = torch.zeros_like(s) if need_grad else None
+        total = s.new_zeros(())
+        for r0 in range(0, n, chunk):
+            r1 = min(r0 + chunk, n)
+            # In-place ops keep about four [B, chunk, N] blocks alive at once.
+            log_q = torch.bmm(s[:, r0:r1], s_t).div_(tau)
+            log_q -= log_q.logsumexp(-1, keepdim=True)
+            log_p = torch.bmm(t[:, r0:r1], t_t).div_(tau)
+            log_p -= log_p.logsumexp(-1, keepdim=True)
+            p = log_p.exp()
+            total += torch.sub(log_p, log_q).mul_(p).sum()
+            del log_p
+            if grad is not None:
+                g = log_q.exp_().sub_(p).mul_(scale / tau)  # ∂L/∂(s_i·s_j) for the rows of this chunk
+                grad[:, r0:r1].baddbmm_(g, s)
+                grad.baddbmm_(g.transpose(1, 2), s[:, r0:r1])
+        ctx.save_for_backward(grad)
+        return total * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (None if grad is None else grad * grad_out), None, None, None, None
+
+
+def self_relation_kl(
+    student_feat: Tensor,
+    teacher_feat: Tensor,
+    tau: float = 1.0,
+    pool: int = 1,
+    chunk_size: int | None = None,
+    grid: tuple[int, int] | None = None,
+) -> Tensor:
+    """Context distillation: ``τ² · mean_{b,i} KL(R_i^T ‖ R_i^S)``, ``R_i = softmax_j(x_i·x_j / τ)``.
+
+    Features ``[B, C, H, W]`` (student and teacher widths and sizes may differ) become N unit-norm nodes
+    on a common grid (see ``pool`` / ``grid``: average-pool by ``pool``, then resize to ``grid``, default
+    the pooled teacher grid). KL is summed over j, averaged over the N rows and the batch. Exact, fp32
+    (also under autocast), computed in chunks of ``chunk_size`` rows (``None``: :func:`auto_chunk_size`)
+    so peak memory is O(B·chunk·N), never O(N²). Teacher detached. Reference: :func:`self_relation_kl_naive`.
+    """
+    if tau <= 0:
+        raise ValueError(f"self_relation_kl: tau must be > 0, got {tau}")
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"self_relation_kl: chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+    with _no_autocast(student_feat):
+        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+        b, n, _ = s.shape
+        chunk = auto_chunk_size(b, n) if chunk_size is None else min(int(chunk_size), n)
+        need_grad = torch.is_grad_enabled() and s.requires_grad
+        return _ChunkedRelationKL.apply(s, t.contiguous(), float(tau), chunk, need_grad)
+
+
+def self_relation_kl_naive(
+    student_feat: Tensor,
+    teacher_feat: Tensor,
+    tau: float = 1.0,
+    pool: int = 1,
+    grid: tuple[int, int] | None = None,
+) -> Tensor:
+    """Reference for :func:`self_relation_kl` with full ``[B, N, N]`` matrices (O(N²) memory)."""
+    with _no_autocast(student_feat):
+        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+        log_q = F.log_softmax(s @ s.transpose(1, 2) / tau, dim=-1)
+        log_p = F.log_softmax(t @ t.transpose(1, 2) / tau, dim=-1)
+        return tau**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def cosine_relation_mse(
+    student_feat: Tensor, teacher_feat: Tensor, pool: int = 1, grid: tuple[int, int] | None = None
+) -> Tensor:
+    """SKD-style relation MSE ``mean_b (1/N²) Σ_ij (A^S_ij - A^T_ij)²`` with ``A = X̂ X̂ᵀ`` (node cosines).
+
+    Computed from channel Gram matrices, never an N×N matrix:
+    ``Σ_ij (A^S - A^T)² = ||X̂_Sᵀ X̂_S||² + ||X̂_Tᵀ X̂_T||² - 2 ||X̂_Sᵀ X̂_T||²`` (C×C, C_S×C_T). Nodes as in
+    :func:`self_relation_kl`. fp32; the teacher is detached. Reference: :func:`cosine_relation_mse_naive`.
+    """
+    with _no_autocast(student_feat):
+        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+        n = s.shape[1]
+        s_t, t_t = s.transpose(1, 2), t.transpose(1, 2)
+        sq = (
+            (s_t @ s).square().sum((1, 2))
+            + (t_t @ t).square().sum((1, 2))
+            - 2 * (s_t @ t).square().sum((1, 2))
+        )
+        # Rounding can leave a tiny negative value when student == teacher; the true value is >= 0.
+        return (sq.clamp_min(0.0) / n**2).mean()
+
+
+def cosine_relation_mse_naive(
+    student_feat: Tensor, teacher_feat: Tensor, pool: int = 1, grid: tuple[int, int] | None = None
+) -> Tensor:
+    """Reference for :func:`cosine_relation_mse` with full ``[B, N, N]`` cosine matrices."""
+    with _no_autocast(student_feat):
+        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+        return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).square().mean()

@@ -12,7 +12,7 @@ from bcd_lightning.models.seg_model import SegModel
 
 
 class TeacherLoadError(RuntimeError):
-    """The teacher checkpoint is missing, unreadable or belongs to another architecture."""
+    """A checkpoint is missing, unreadable, or belongs to another architecture."""
 
 
 def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
@@ -28,17 +28,17 @@ def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
     return state
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
-    """``torch.load`` with safe defaults and one clear error per failure mode."""
+def load_checkpoint_file(path: str | Path, what: str = "Checkpoint", hint: str = "") -> dict:
+    """``torch.load`` (weights only) with one clear error per failure mode."""
     path = Path(path)
     if not path.is_file():
-        raise TeacherLoadError(f"Teacher checkpoint not found: {path}. Train one with `make train-teacher`.")
+        raise TeacherLoadError(f"{what} not found: {path}.{hint and ' ' + hint}")
     if path.stat().st_size == 0:
-        raise TeacherLoadError(f"Teacher checkpoint is empty: {path}.")
+        raise TeacherLoadError(f"{what} is empty (0 bytes): {path}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise TeacherLoadError(f"Teacher checkpoint {path} could not be read: {err}") from err
+        raise TeacherLoadError(f"{what} {path} could not be read (corrupt or not a checkpoint): {err}") from err
 
 
 class FrozenTeacher(nn.Module):
@@ -57,7 +57,8 @@ class FrozenTeacher(nn.Module):
         super().train(False)
 
     def load_strict(self, checkpoint: str | Path) -> None:
-        state = extract_model_state(load_checkpoint_file(checkpoint), str(checkpoint))
+        raw = load_checkpoint_file(checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`.")
+        state = extract_model_state(raw, str(checkpoint))
         result = self.model.load_state_dict(state, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
         mismatched = [

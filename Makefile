@@ -1,0 +1,53 @@
+# bcd_lightning — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+install: $(BIN)/python ## Create .venv and install the package with dev tools (editable)
+	$(BIN)/pip install -e ".[dev]"
+
+train: ## The main job: teacher -> baseline student -> distilled students -> table (embedded data, CPU)
+	$(BIN)/bcd-pipeline $(ARGS)
+
+train-teacher: ## Train the embedded teacher and export its checkpoint (ARGS for Hydra overrides)
+	$(BIN)/bcd-train experiment=embedded/teacher $(ARGS)
+
+distill: ## Distill the embedded student from the exported teacher (ARGS, e.g. distill=kd)
+	$(BIN)/bcd-train experiment=embedded/kd $(ARGS)
+
+eval: ## Evaluate a checkpoint: make eval CKPT=logs/.../checkpoints/best.ckpt
+	$(BIN)/bcd-eval ckpt_path=$(CKPT) $(ARGS)
+
+test: ## Fast test suite (< 15 min on 2 cores)
+	WANDB_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/pytest -q $(ARGS)
+
+test-full: ## Every test, including the slow ones
+	WANDB_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "" $(ARGS)
+
+lint: ## ruff check + format check
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: ## ruff fix + format
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
+
+clean: ## Remove caches and build artefacts (keeps logs and .venv)
+	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+clean-logs: ## Remove all run directories under logs/ (including the exported teacher)
+	rm -rf logs/*
+
+.PHONY: help install train train-teacher distill eval test test-full lint format clean clean-logs

@@ -1,0 +1,162 @@
+"""Boundary distillation (BCD, explicit part): match channel-free boundary maps of backbone stages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from torch import Tensor
+
+from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.distill.functional import (
+    BOUNDARY_VARIANTS,
+    boundary_distillation,
+    boundary_weighted_kd,
+    fused_boundary_map,
+)
+from bcd_lightning.models.outputs import SegOutput
+
+
+def _check_stages(owner: str, stages: Sequence[int]) -> list[int]:
+    stages = list(stages)
+    if not stages or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in stages):
+        raise ValueError(
+            f"{owner}: option `stages` must be a non-empty list of stage indices >= 0, got {stages}"
+        )
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"{owner}: option `stages` has duplicate indices: {stages}")
+    return stages
+
+
+def _check_dilation(owner: str, dilation: int) -> int:
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+        raise ValueError(f"{owner}: option `dilation` must be an integer >= 1, got {dilation!r}")
+    return dilation
+
+
+def _check_positive(owner: str, name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{owner}: option `{name}` must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _stages_error(owner: str, stages: list[int], available: dict[str, int]) -> ValueError:
+    counts = " and ".join(f"the {who} has {n} stages" for who, n in available.items())
+    return ValueError(
+        f"{owner}: option `stages`={stages} uses stage index {max(stages)}, but {counts} "
+        f"(valid indices 0..{min(available.values()) - 1}; stages are 0-based, stride 2 first)."
+    )
+
+
+class BoundaryDistillation(DistillLoss):
+    """``L_B = Σ_l w_l · mean_p (b_l^S - b_l^T)²`` over the chosen backbone stages (see docs/method.md).
+
+    Args:
+        stages: 0-based indices into ``SegOutput.stages``; for a 5-level encoder (strides 2..32)
+            the default ``(1, 2, 3, 4)`` means strides 4, 8, 16, 32.
+        stage_weights: one weight per stage; ``None`` = ``1/len(stages)`` each.
+        variant: ``"mse"``, ``"l1"`` or ``"kl"`` (spatial softmax over the map at temperature ``tau``).
+        dilation: neighbour offset of the 8-neighbourhood.
+        tau: temperature of the ``"kl"`` variant (maps live in [0, 1], so τ < 1 sharpens).
+
+    No parameters: boundary maps have no channel axis, so any student/teacher widths compare directly.
+    """
+
+    uses: ClassVar[frozenset[str]] = frozenset({"stages"})
+
+    def __init__(
+        self,
+        stages: Sequence[int] = (1, 2, 3, 4),
+        stage_weights: Sequence[float] | None = None,
+        variant: str = "mse",
+        dilation: int = 1,
+        tau: float = 0.1,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.stages = _check_stages(name, stages)
+        if stage_weights is not None:
+            weights = list(stage_weights)
+            if len(weights) != len(self.stages):
+                raise ValueError(
+                    f"{name}: option `stage_weights`={weights} has {len(weights)} entries but option "
+                    f"`stages`={self.stages} has {len(self.stages)}"
+                )
+            if any(not isinstance(w, (int, float)) or w < 0 for w in weights) or not any(
+                w > 0 for w in weights
+            ):
+                raise ValueError(
+                    f"{name}: option `stage_weights` must be numbers >= 0, not all 0, got {weights}"
+                )
+            stage_weights = [float(w) for w in weights]
+        self.stage_weights = stage_weights
+        if variant not in BOUNDARY_VARIANTS:
+            raise ValueError(
+                f"{name}: option `variant` must be one of {list(BOUNDARY_VARIANTS)}, got {variant!r}"
+            )
+        self.variant = variant
+        self.dilation = _check_dilation(name, dilation)
+        self.tau = _check_positive(name, "tau", tau)
+
+    def check_compatible(self, student_stages: int, teacher_stages: int) -> None:
+        if max(self.stages) >= min(student_stages, teacher_stages):
+            raise _stages_error(
+                type(self).__name__, self.stages, {"student": student_stages, "teacher": teacher_stages}
+            )
+
+    def forward(
+        self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
+    ) -> Tensor:
+        self.check_compatible(len(student.stages), len(teacher.stages))
+        return boundary_distillation(
+            [student.stages[i] for i in self.stages],
+            [teacher.stages[i] for i in self.stages],
+            self.stage_weights,
+            variant=self.variant,
+            dilation=self.dilation,
+            tau=self.tau,
+        )
+
+    def extra_repr(self) -> str:
+        return f"stages={self.stages}, stage_weights={self.stage_weights}, variant={self.variant!r}, dilation={self.dilation}"
+
+
+class BoundaryWeightedKD(DistillLoss):
+    """Pixel KD weighted by the teacher's fused boundary map (see docs/method.md).
+
+    ``τ² · Σ_p w_p v_p KL_p / Σ_p w_p v_p`` with ``w`` the mean of the teacher's boundary maps over
+    ``stages`` (resized to the logits) and ``v`` False at ignored pixels.
+
+    Args:
+        stages: 0-based teacher stage indices whose boundary maps are fused into the weight.
+        tau: KD temperature τ.
+        dilation: neighbour offset of the boundary maps.
+    """
+
+    uses: ClassVar[frozenset[str]] = frozenset({"logits", "stages"})
+
+    def __init__(self, stages: Sequence[int] = (1, 2, 3, 4), tau: float = 1.0, dilation: int = 1) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.stages = _check_stages(name, stages)
+        self.tau = _check_positive(name, "tau", tau)
+        self.dilation = _check_dilation(name, dilation)
+
+    def check_compatible(self, student_stages: int, teacher_stages: int) -> None:
+        # Only the teacher's stages are read.
+        if max(self.stages) >= teacher_stages:
+            raise _stages_error(type(self).__name__, self.stages, {"teacher": teacher_stages})
+
+    def forward(
+        self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
+    ) -> Tensor:
+        self.check_compatible(len(student.stages), len(teacher.stages))
+        weight = fused_boundary_map(
+            [teacher.stages[i].detach() for i in self.stages], student.logits.shape[-2:], self.dilation
+        )
+        return boundary_weighted_kd(
+            student.logits, teacher.logits, weight, self.tau, valid_mask=target != ignore_index
+        )
+
+    def extra_repr(self) -> str:
+        return f"stages={self.stages}, tau={self.tau}, dilation={self.dilation}"

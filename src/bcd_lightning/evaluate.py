@@ -1,0 +1,98 @@
+"""``bcd-eval``: score a student or teacher checkpoint on a data split; print and save the results.
+
+The checkpoint carries the config of the run that wrote it; its ``data`` and ``student`` groups are
+reused unless given on the command line (``data=...``, ``student=...`` or any ``data.*`` key).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+from rich.table import Table
+
+from bcd_lightning import builders
+from bcd_lightning.evaluation import evaluate_model, load_run_checkpoint
+from bcd_lightning.models.teacher import TeacherLoadError
+from bcd_lightning.utils.config_check import check_config
+from bcd_lightning.utils.errors import friendly_errors
+from bcd_lightning.utils.run_dir import atomic_write_text, save_and_print_config
+
+REUSED_GROUPS = ("data", "student")
+
+
+def _overridden_groups() -> set[str]:
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # composed outside the CLI
+        return set()
+    return {o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] for o in overrides}
+
+
+def merge_run_config(cfg: DictConfig, run_config: dict[str, Any], overridden: set[str]) -> DictConfig:
+    """Use the training run's ``data``/``student`` unless the user overrode that group."""
+    with open_dict(cfg):
+        for group in REUSED_GROUPS:
+            if group in run_config and group not in overridden:
+                cfg[group] = OmegaConf.create(run_config[group])
+    return cfg
+
+
+def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, Any]:
+    state, run_config = load_run_checkpoint(cfg.ckpt_path)
+    cfg = merge_run_config(cfg, run_config, _overridden_groups() if overridden is None else overridden)
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    save_and_print_config(cfg, output_dir, print_tree=cfg.get("print_config", False))
+
+    model = builders.build_model(cfg.student)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise TeacherLoadError(
+            f"Checkpoint {cfg.ckpt_path} does not match student={cfg.student.arch}/{cfg.student.encoder_name}: "
+            f"missing {list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}."
+        )
+    datamodule = builders.build_datamodule(cfg)
+    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}.get(cfg.split)
+    if loader is None:
+        raise ValueError(f"split={cfg.split!r} is not one of 'val', 'test'")
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu"
+    metrics = evaluate_model(
+        model, loader(), datamodule.num_classes, datamodule.class_names, datamodule.ignore_index, device
+    )
+    metrics.update(ckpt_path=str(cfg.ckpt_path), split=cfg.split)
+    _report(metrics, output_dir)
+    return metrics
+
+
+def _report(metrics: dict[str, Any], output_dir: Path) -> None:
+    table = Table(title=f"{metrics['split']} split — {metrics['ckpt_path']}")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, value in metrics["per_class"].items():
+        table.add_row(name, f"{100 * value:.2f}" if value == value else "n/a")
+    table.add_row("[bold]mean[/bold]", f"[bold]{100 * metrics['mIoU']:.2f}[/bold]")
+    Console().print(table)
+    atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+    with open(output_dir / "per_class.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "iou"])
+        writer.writerows(metrics["per_class"].items())
+    print(f"Saved {output_dir / 'metrics.json'} and per_class.csv")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

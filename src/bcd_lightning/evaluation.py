@@ -1,0 +1,60 @@
+"""Scoring a model outside the training loop: split metrics, inference latency, checkpoint loading."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bcd_lightning.metrics import SegmentationIoU
+from bcd_lightning.models import SegModel
+from bcd_lightning.models.teacher import extract_model_state, load_checkpoint_file
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: SegModel,
+    loader: DataLoader,
+    num_classes: int,
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """mIoU and per-class IoU of ``model`` over every batch of ``loader`` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval().to(device)
+    iou = SegmentationIoU(num_classes, ignore_index).to(device)
+    for batch in loader:
+        iou.update(model(batch["image"].to(device)).logits.argmax(1), batch["mask"].to(device))
+    model.train(was_training)
+    per_class = iou.iou_per_class().tolist()
+    return {"mIoU": float(iou.compute()), "per_class": dict(zip(class_names, per_class, strict=True))}
+
+
+@torch.no_grad()
+def inference_ms_per_image(
+    model: nn.Module, image_size: tuple[int, int], repeats: int = 20, warmup: int = 3
+) -> float:
+    """Median wall time of one forward pass at batch 1 on the CPU, in milliseconds."""
+    model.eval()
+    x = torch.randn(1, 3, *image_size)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(sorted(times)[len(times) // 2])
+
+
+def load_run_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model state dict and the run config stored in a bcd-train checkpoint."""
+    checkpoint = load_checkpoint_file(path)
+    config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    return extract_model_state(checkpoint, str(path)), config

@@ -1,0 +1,143 @@
+"""Student training under a frozen teacher with pluggable distillation losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor, nn
+
+from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.lit.segmentation import SegmentationModule
+from bcd_lightning.metrics import SegmentationIoU
+from bcd_lightning.models import FrozenTeacher, SegModel
+
+
+@dataclass
+class LossTerm:
+    """One entry of ``distill.losses``: the loss module and its weight in the total."""
+
+    loss: DistillLoss
+    weight: float = 1.0
+
+
+class TeacherQualityError(RuntimeError):
+    """The teacher scores below ``teacher_min_miou`` before fitting (e.g. a mis-loaded checkpoint)."""
+
+
+class DistillationModule(SegmentationModule):
+    """``L = CE(z_S, y) + Σ_name weight_name · loss_name(S, T)``.
+
+    The teacher is deliberately *not* a registered submodule: it is absent from ``parameters()`` (so
+    from the optimizer and from DDP's gradient sync), from ``state_dict()`` (so from checkpoints), and
+    from ``train()``/``eval()`` recursion. ``_apply`` forwards device/dtype moves to it.
+
+    Args:
+        student: the model being trained.
+        teacher: the frozen teacher (same class count as the student).
+        losses: name → :class:`LossTerm` (or a mapping with ``loss`` and ``weight``).
+        teacher_min_miou: stop before fitting when the teacher's val mIoU is below this value.
+        **kwargs: see :class:`SegmentationModule`.
+    """
+
+    def __init__(
+        self,
+        student: SegModel,
+        teacher: FrozenTeacher,
+        losses: Mapping[str, LossTerm | Mapping[str, Any]],
+        teacher_min_miou: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model=student, **kwargs)
+        if teacher.num_classes != student.num_classes:
+            raise ValueError(
+                f"Teacher predicts {teacher.num_classes} classes, student {student.num_classes}: "
+                "distillation needs the same label space (check teacher.model.num_classes)."
+            )
+        object.__setattr__(self, "teacher", teacher)
+        terms = {name: t if isinstance(t, LossTerm) else LossTerm(**dict(t)) for name, t in losses.items()}
+        for name, term in terms.items():
+            if not isinstance(term.loss, DistillLoss):
+                raise TypeError(f"distill.losses.{name}.loss must be a DistillLoss, got {type(term.loss).__name__}")
+            try:
+                term.loss.check_compatible(len(student.stage_channels), len(teacher.model.stage_channels))
+            except ValueError as err:
+                raise ValueError(f"distill.losses.{name}: {err}") from err
+        # Registered so adapters (if a loss has any) train with the student and resume with it.
+        self.distill_losses = nn.ModuleDict({name: t.loss for name, t in terms.items()})
+        self.loss_weights = {name: float(t.weight) for name, t in terms.items()}
+        self.teacher_min_miou = teacher_min_miou
+        self.teacher_val_miou: float | None = None
+
+    # --- the teacher stays frozen -------------------------------------------------------------------
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> DistillationModule:
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def on_fit_start(self) -> None:
+        self.teacher.train(False)
+        self.teacher_val_miou = self._score_teacher()
+        Console().print(f"[bold]Teacher val mIoU before fitting: {self.teacher_val_miou:.4f}[/bold]")
+        for logger in self.loggers:
+            logger.log_metrics({"teacher/val_mIoU": self.teacher_val_miou}, step=0)
+        if self.teacher_min_miou is not None and self.teacher_val_miou < self.teacher_min_miou:
+            raise TeacherQualityError(
+                f"Teacher val mIoU {self.teacher_val_miou:.4f} is below teacher_min_miou="
+                f"{self.teacher_min_miou}: is teacher.ckpt the right checkpoint for teacher.model?"
+            )
+
+    @torch.no_grad()
+    def _score_teacher(self) -> float:
+        """Teacher mIoU on the full validation split (each rank scores all of it: exact, no sync)."""
+        datamodule = self.trainer.datamodule
+        limit = _batch_limit(self.trainer)
+        metric = SegmentationIoU(self.num_classes, self.ignore_index, sync_on_compute=False).to(self.device)
+        for i, batch in enumerate(datamodule.val_dataloader()):
+            if limit is not None and i >= limit:
+                break
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            metric.update(self.teacher(batch["image"]).logits.argmax(1), batch["mask"])
+        return float(metric.compute())
+
+    # --- training -----------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        image, target = batch["image"], batch["mask"]
+        student_out = self.model(image)
+        teacher_out = self.teacher(image)
+        n = len(target)
+        total = self.cross_entropy(student_out.logits, target)
+        self.log("train/loss/ce", total, on_step=True, on_epoch=True, batch_size=n)
+        for name, loss in self.distill_losses.items():
+            raw = loss(student_out, teacher_out, target, self.ignore_index)
+            weighted = self.loss_weights[name] * raw
+            if not torch.isfinite(raw):
+                raise FloatingPointError(
+                    f"Distillation loss {name!r} is {raw.item()} at step {self.global_step}; "
+                    "check its inputs (learning rate, temperature) or lower its weight."
+                )
+            self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
+            self.log(f"train/loss/{name}_weighted", weighted, on_step=True, on_epoch=True, batch_size=n)
+            total = total + weighted
+        self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        return total
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.teacher_val_miou is not None:
+            self.log("val/teacher_mIoU", self.teacher_val_miou)
+
+
+def _batch_limit(trainer: Any) -> int | None:
+    """How many validation batches the trainer itself would run (fast_dev_run / limit_val_batches)."""
+    if trainer.fast_dev_run:
+        return int(trainer.fast_dev_run)
+    limit = trainer.limit_val_batches
+    if isinstance(limit, int):
+        return limit
+    if isinstance(limit, float) and limit < 1.0:
+        return max(1, int(limit * len(trainer.datamodule.val_dataloader())))
+    return None

@@ -1,0 +1,111 @@
+"""Supervised segmentation training: teacher pre-training and the baseline student."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from bcd_lightning.metrics import SegmentationIoU
+from bcd_lightning.models import SegModel, SegOutput
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains ``model`` with pixel cross-entropy; logs dataset-level mIoU at validation and test.
+
+    Args:
+        model: the network being trained (saved in checkpoints under ``model.``).
+        num_classes, ignore_index, class_names: label space.
+        optimizer, scheduler: plain config values (see :mod:`bcd_lightning.lit.optim`).
+        config: the composed run config as a plain dict, stored in the checkpoint so ``bcd-eval`` can
+            rebuild the model from the checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        model: SegModel,
+        num_classes: int,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
+        scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if model.num_classes != num_classes:
+            raise ValueError(
+                f"Model predicts {model.num_classes} classes but the data has num_classes={num_classes}."
+            )
+        self.model = model
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.optimizer_cfg = _as_dataclass(OptimizerConfig, optimizer)
+        self.scheduler_cfg = _as_dataclass(SchedulerConfig, scheduler)
+        # Plain values only: checkpoints load with torch's weights_only=True.
+        self.save_hyperparameters(
+            {
+                "num_classes": num_classes,
+                "ignore_index": ignore_index,
+                "class_names": self.class_names,
+                "config": dict(config or {}),
+            }
+        )
+        self.val_iou = SegmentationIoU(num_classes, ignore_index)
+        self.test_iou = SegmentationIoU(num_classes, ignore_index)
+
+    def forward(self, x: Tensor) -> SegOutput:
+        return self.model(x)
+
+    def cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        if (target != self.ignore_index).any():
+            return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+        return logits.sum() * 0.0  # an all-ignored crop contributes nothing, without NaN
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.model(batch["image"])
+        loss = self.cross_entropy(out.logits, batch["mask"])
+        self.log("train/loss/ce", loss, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
+        self.log("train/loss/total", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
+        return loss
+
+    def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
+        logits = self.model(batch["image"]).logits
+        loss = self.cross_entropy(logits, batch["mask"])
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(batch["mask"]))
+        getattr(self, f"{stage}_iou").update(logits.argmax(1), batch["mask"])
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/mIoU", self.val_iou.compute(), prog_bar=True)
+        self.val_iou.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/mIoU", self.test_iou.compute())
+        for name, iou in zip(self.class_names, self.test_iou.iou_per_class().tolist(), strict=True):
+            self.log(f"test/IoU/{name}", iou)
+        self.test_iou.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, self.scheduler_cfg, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _as_dataclass(cls: type, value: Any) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    return cls(**dict(value))
