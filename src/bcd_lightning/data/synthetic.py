@@ -240,7 +240,7 @@ def _render_once(g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool) -> _Re
         cls = int(classes[b])
         # Colour offset from one distribution for both classes: it shows the outline, not the class.
         tint = torch.randn(3, 1, 1, generator=g) * 0.07
-        amp = float(_uniform(g, 0.09, 0.15, 1))
+        amp = float(_uniform(g, 0.10, 0.16, 1))
         layer = torch.where(top == b + 1, tint + amp * _texture(g, cls, yy, xx), layer)
     img = torch.where(top > 0, base + shade + layer, img)
     mask = torch.cat([torch.tensor([BACKGROUND]), classes]).to(torch.uint8)[top]
@@ -249,7 +249,7 @@ def _render_once(g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool) -> _Re
     img = img + torch.randn(3, h, w, generator=g) * 0.03
     label_field, image_field = _vessels(g, h, w)
     coverage = (image_field + 0.5).clamp(0.0, 1.0)  # anti-aliased: ~fraction of the pixel covered
-    opacity = float(_uniform(g, 0.55, 0.85, 1))
+    opacity = float(_uniform(g, 0.6, 0.9, 1))
     colour = torch.tensor([0.25, 0.08, 0.08]) + _uniform(g, -0.05, 0.05, 3)
     alpha = coverage * opacity
     under = img

@@ -59,13 +59,10 @@ class FrozenTeacher(nn.Module):
     def load_strict(self, checkpoint: str | Path) -> None:
         raw = load_checkpoint_file(checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`.")
         state = extract_model_state(raw, str(checkpoint))
-        result = self.model.load_state_dict(state, strict=False)
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-        mismatched = [
-            k
-            for k, v in state.items()
-            if k in self.model.state_dict() and self.model.state_dict()[k].shape != v.shape
-        ]
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
         if missing or unexpected or mismatched:
             raise TeacherLoadError(
                 f"Teacher checkpoint {checkpoint} does not match the teacher architecture "
@@ -74,6 +71,7 @@ class FrozenTeacher(nn.Module):
                 f"{unexpected[:5]}, {len(mismatched)} shape mismatches {mismatched[:5]}. "
                 "Check teacher.model matches the config the teacher was trained with."
             )
+        self.model.load_state_dict(state, strict=True)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         # Lightning and user code call train(); the teacher stays in eval whatever is asked.
