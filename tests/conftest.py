@@ -25,8 +25,6 @@ FAST = (
     "data.batch_size=4",
     "logger=csv",
     "print_config=false",
-    "~callbacks.progress_bar",
-    "~callbacks.model_summary",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 )

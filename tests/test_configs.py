@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
 from hydra.utils import instantiate
 
 from bcd_lightning import builders
 from bcd_lightning.utils.config_check import ConfigError, check_config
+from conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GPU_TRAINERS = {"gpu", "ddp"}
@@ -22,15 +22,43 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_options() -> None:
-    for group in ("data", "student", "teacher", "distill", "optimizer", "scheduler", "trainer", "logger",
-                  "callbacks", "experiment", "debug", "paths", "hydra"):
+    for group in (
+        "data",
+        "student",
+        "teacher",
+        "distill",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+        "debug",
+        "paths",
+        "hydra",
+    ):
         assert options(group), f"conf/{group} is empty"
 
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(g, o) for g in ("data", "student", "teacher", "distill", "optimizer", "scheduler", "trainer", "logger",
-                      "callbacks", "experiment", "debug") for o in options(g)],
+    [
+        (g, o)
+        for g in (
+            "data",
+            "student",
+            "teacher",
+            "distill",
+            "optimizer",
+            "scheduler",
+            "trainer",
+            "logger",
+            "callbacks",
+            "experiment",
+            "debug",
+        )
+        for o in options(g)
+    ],
 )
 def test_option_composes_checks_and_instantiates(group: str, option: str, tmp_path: Path) -> None:
     cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])

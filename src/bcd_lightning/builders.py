@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_lightning.data import SegDataModule
@@ -26,7 +27,9 @@ def build_datamodule(cfg: DictConfig) -> SegDataModule:
 def build_model(node: DictConfig) -> SegModel:
     model = instantiate(node)
     if not isinstance(model, SegModel):
-        raise ConfigError(f"model config must instantiate bcd_lightning.models.SegModel, got {type(model).__name__}")
+        raise ConfigError(
+            f"model config must instantiate bcd_lightning.models.SegModel, got {type(model).__name__}"
+        )
     return model
 
 
@@ -83,4 +86,9 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
+    # trainer.enable_progress_bar=false / enable_model_summary=false win over the callbacks group.
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

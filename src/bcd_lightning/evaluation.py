@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bcd_lightning.metrics import SegmentationIoU
+from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel
 from bcd_lightning.models.teacher import extract_model_state, load_checkpoint_file
 
@@ -25,15 +25,18 @@ def evaluate_model(
     ignore_index: int = 255,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """mIoU and per-class IoU of ``model`` over every batch of ``loader`` (eval mode, no grad)."""
+    """Every :class:`SegMetrics` value of ``model`` over ``loader`` (eval mode, no grad).
+
+    Returns the scalar metrics, ``per_class`` (IoU per class) and ``per_class_metrics`` (all metrics).
+    """
     was_training = model.training
     model.eval().to(device)
-    iou = SegmentationIoU(num_classes, ignore_index).to(device)
+    metrics = SegMetrics(num_classes, ignore_index).to(device)
     for batch in loader:
-        iou.update(model(batch["image"].to(device)).logits.argmax(1), batch["mask"].to(device))
+        metrics.update(model(batch["image"].to(device)).logits.argmax(1), batch["mask"].to(device))
     model.train(was_training)
-    per_class = iou.iou_per_class().tolist()
-    return {"mIoU": float(iou.compute()), "per_class": dict(zip(class_names, per_class, strict=True))}
+    per_class = metrics.per_class(class_names)
+    return {**metrics.compute(), "per_class": per_class["mIoU"], "per_class_metrics": per_class}
 
 
 @torch.no_grad()

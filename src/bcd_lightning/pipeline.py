@@ -44,7 +44,11 @@ def score_checkpoint(cfg: DictConfig, ckpt: Path, role: str, label: str) -> dict
     model.load_state_dict(state, strict=True)
     datamodule = builders.build_datamodule(cfg)
     metrics = evaluate_model(
-        model, datamodule.test_dataloader(), datamodule.num_classes, datamodule.class_names, datamodule.ignore_index
+        model,
+        datamodule.test_dataloader(),
+        datamodule.num_classes,
+        datamodule.class_names,
+        datamodule.ignore_index,
     )
     size = datamodule.test_set[0]["image"].shape[-2:]
     return {
@@ -63,76 +67,161 @@ def run_pipeline(
     students: Sequence[str] = DEFAULT_STUDENTS,
     retrain_teacher: bool = False,
     out_dir: Path | None = None,
+    seeds: Sequence[int] = (0,),
+    results_doc: Path | None = None,
 ) -> list[dict[str, Any]]:
+    """Run the stages; every student stage once per seed. Returns one row per (model, seed)."""
     console = Console()
     start = time.perf_counter()
     probe = compose_stage("teacher", overrides, Path("unused"))
-    out_dir = out_dir or Path(probe.paths.log_dir) / "pipeline" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    out_dir = out_dir or Path(probe.paths.log_dir) / "pipeline" / datetime.now().strftime(
+        "%Y-%m-%d_%H-%M-%S_%f"
+    )
     out_dir = out_dir.resolve()
     teacher_ckpt = Path(probe.teacher.ckpt)
     rows = []
 
     if teacher_ckpt.is_file() and not retrain_teacher:
-        console.print(f"[bold]Reusing the teacher checkpoint {teacher_ckpt}[/bold] (--retrain-teacher to train anew)")
+        console.print(
+            f"[bold]Reusing the teacher checkpoint {teacher_ckpt}[/bold] (--retrain-teacher to train anew)"
+        )
     else:
         console.rule("[bold]teacher")
         train(compose_stage("teacher", overrides, out_dir / "teacher"))
-    rows.append(score_checkpoint(probe, teacher_ckpt, "teacher", "teacher"))
+    rows.append({**score_checkpoint(probe, teacher_ckpt, "teacher", "teacher"), "seed": probe.seed})
 
     for stage in students:
-        console.rule(f"[bold]{stage} student")
-        cfg = compose_stage(stage, overrides, out_dir / stage)
-        result = train(cfg)
-        rows.append(score_checkpoint(cfg, Path(result["best_model_path"]), "student", stage))
+        for seed in seeds:
+            console.rule(f"[bold]{stage} student, seed {seed}")
+            cfg = compose_stage(stage, [*overrides, f"seed={seed}"], out_dir / f"{stage}_seed{seed}")
+            result = train(cfg)
+            row = score_checkpoint(cfg, Path(result["best_model_path"]), "student", stage)
+            rows.append({**row, "seed": seed})
 
     elapsed = time.perf_counter() - start
-    report(rows, out_dir, elapsed, console)
+    report(rows, out_dir, elapsed, console, overrides, seeds, results_doc)
     return rows
 
 
-def results_table(rows: Sequence[dict[str, Any]]) -> Table:
-    class_names = list(rows[0]["per_class"])
-    table = Table(title="Embedded benchmark — test split (IoU %)")
-    for col in ["model", "arch", "params", "ms/img", "mIoU", *class_names]:
-        table.add_column(col, justify="left" if col in ("model", "arch") else "right")
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model: mean and sample std over seeds of mIoU, mean per-class IoU."""
+    models: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        table.add_row(
-            r["model"],
-            r["arch"],
-            f"{r['params'] / 1e6:.2f}M",
-            f"{r['ms_per_image']:.1f}",
-            f"{100 * r['mIoU']:.2f}",
-            *(f"{100 * v:.2f}" for v in r["per_class"].values()),
+        models.setdefault(r["model"], []).append(r)
+    out = []
+    for name, runs in models.items():
+        mious = [r["mIoU"] for r in runs]
+        means = {k: sum(r[k] for r in runs) / len(runs) for k in ("boundary_iou", "boundary_f", "connectivity_err")}
+        mean = sum(mious) / len(mious)
+        std = (sum((m - mean) ** 2 for m in mious) / (len(mious) - 1)) ** 0.5 if len(mious) > 1 else 0.0
+        classes = runs[0]["per_class"]
+        out.append(
+            {
+                "model": name,
+                "arch": runs[0]["arch"],
+                "params": runs[0]["params"],
+                "ms_per_image": sum(r["ms_per_image"] for r in runs) / len(runs),
+                "seeds": len(runs),
+                "mIoU": mean,
+                "mIoU_std": std,
+                **means,
+                "per_class": {c: sum(r["per_class"][c] for r in runs) / len(runs) for c in classes},
+            }
         )
+    return out
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    miou = f"{100 * r['mIoU']:.2f}" + (f" ± {100 * r['mIoU_std']:.2f}" if r["seeds"] > 1 else "")
+    return [
+        r["model"],
+        r["arch"],
+        f"{r['params'] / 1e6:.2f}M",
+        f"{r['ms_per_image']:.1f}",
+        str(r["seeds"]),
+        miou,
+        f"{100 * r['boundary_iou']:.2f}",
+        f"{100 * r['boundary_f']:.2f}",
+        f"{r['connectivity_err']:.2f}",
+        *(f"{100 * v:.2f}" for v in r["per_class"].values()),
+    ]
+
+
+HEADER = ["model", "arch", "params", "ms/img", "seeds", "mIoU", "bIoU", "BF", "conn.err"]
+
+
+def results_table(rows: Sequence[dict[str, Any]]) -> Table:
+    summary = aggregate(rows)
+    table = Table(title="Embedded benchmark — test split (IoU %, mean ± std over seeds)")
+    for col in [*HEADER, *summary[0]["per_class"]]:
+        table.add_column(col, justify="left" if col in ("model", "arch") else "right")
+    for r in summary:
+        table.add_row(*_cells(r))
     return table
 
 
 def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    class_names = list(rows[0]["per_class"])
-    header = ["model", "arch", "params", "ms/img (CPU, batch 1)", "mIoU", *class_names]
+    summary = aggregate(rows)
+    header = [*HEADER, *summary[0]["per_class"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["model"], r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['ms_per_image']:.1f}", f"{100 * r['mIoU']:.2f}"]
-        cells += [f"{100 * v:.2f}" for v in r["per_class"].values()]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in summary]
     return "\n".join(lines) + "\n"
 
 
-def report(rows: Sequence[dict[str, Any]], out_dir: Path, elapsed: float, console: Console) -> None:
-    console.print(results_table(rows))
+def report(
+    rows: Sequence[dict[str, Any]],
+    out_dir: Path,
+    elapsed: float,
+    console: Console,
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] = (0,),
+    results_doc: Path | None = None,
+) -> None:
+    Console(width=max(console.width, 140)).print(results_table(rows))
     console.print(f"Pipeline time: {elapsed / 60:.1f} min. Results in {out_dir}")
-    atomic_write_text(out_dir / "results.json", json.dumps({"rows": list(rows), "seconds": elapsed}, indent=2))
+    atomic_write_text(
+        out_dir / "results.json", json.dumps({"rows": list(rows), "seconds": elapsed}, indent=2)
+    )
     atomic_write_text(out_dir / "results.md", results_markdown(rows))
+    if results_doc is not None:
+        command = " ".join(["bcd-pipeline", f"--seeds {','.join(map(str, seeds))}", *overrides])
+        atomic_write_text(results_doc, results_document(rows, command, elapsed))
+        console.print(f"Wrote {results_doc}")
+
+
+def results_document(rows: Sequence[dict[str, Any]], command: str, elapsed: float) -> str:
+    return (
+        "# Results\n\n"
+        "Generated by `make results` — do not edit by hand. Command:\n\n"
+        f"```\n{command}\n```\n\n"
+        "## Embedded benchmark (procedural data, CPU)\n\n"
+        "Test split of the embedded dataset (96 images, 96×96, fixed data seed), best checkpoint by val mIoU.\n"
+        "IoU in %; mIoU is mean ± sample std over training seeds; bIoU = Boundary IoU (d = 2% of the diagonal),\n"
+        "BF = boundary F-score (2 px), conn.err = mean |#components(pred) - #components(GT)| per image and\n"
+        "class (lower is better); the other columns are means over seeds. ms/img is the median CPU forward time at\n"
+        "batch 1 on the machine that ran the command. The teacher is trained once (one seed).\n\n"
+        f"{results_markdown(rows)}\n"
+        f"Wall time of the whole run: {elapsed / 60:.1f} min.\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every stage")
-    parser.add_argument("--students", default=",".join(DEFAULT_STUDENTS), help="comma-separated student stages")
+    parser.add_argument(
+        "--students", default=",".join(DEFAULT_STUDENTS), help="comma-separated student stages"
+    )
     parser.add_argument("--retrain-teacher", action="store_true", help="train the teacher even if it exists")
     parser.add_argument("--out-dir", type=Path, default=None, help="where the table and runs go")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds for every student")
+    parser.add_argument("--results-doc", type=Path, default=None, help="also write this markdown document")
     args = parser.parse_args(argv)
-    run_pipeline(args.overrides, args.students.split(","), args.retrain_teacher, args.out_dir)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    run_pipeline(
+        args.overrides, args.students.split(","), args.retrain_teacher, args.out_dir, seeds, args.results_doc
+    )
 
 
 if __name__ == "__main__":

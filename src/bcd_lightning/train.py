@@ -50,7 +50,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if cfg.get("export_best_to") and trainer.is_global_zero:
             if not best:
-                raise ConfigError("export_best_to is set but no best checkpoint was saved (is validation on?)")
+                raise ConfigError(
+                    "export_best_to is set but no best checkpoint was saved (is validation on?)"
+                )
             atomic_copy(Path(best), Path(cfg.export_best_to))
             print(f"Best checkpoint exported to {cfg.export_best_to}")
     finally:

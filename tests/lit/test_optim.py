@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler, lr_factor
+from bcd_lightning.lit.optim import (
+    OptimizerConfig,
+    SchedulerConfig,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+)
 
 
 def test_poly_closed_form() -> None:
@@ -40,7 +46,9 @@ def test_adamw_and_onecycle_build() -> None:
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = build_optimizer(params, OptimizerConfig(name="adamw", lr=1e-3, betas=[0.8, 0.9]))
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.8, 0.9)
-    assert isinstance(build_scheduler(opt, SchedulerConfig(name="onecycle"), 10), torch.optim.lr_scheduler.OneCycleLR)
+    assert isinstance(
+        build_scheduler(opt, SchedulerConfig(name="onecycle"), 10), torch.optim.lr_scheduler.OneCycleLR
+    )
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,9 @@ def test_teacher_is_bitwise_unchanged_after_fit_with_validation(make_cfg, teache
     assert any("num_batches_tracked" in k for k in before) and any("running_mean" in k for k in before)
 
     recorder = RecordTeacherMode()
-    trainer = builders.build_trainer(cfg, [*builders.build_callbacks(cfg), recorder], builders.build_loggers(cfg))
+    trainer = builders.build_trainer(
+        cfg, [*builders.build_callbacks(cfg), recorder], builders.build_loggers(cfg)
+    )
     trainer.fit(module, datamodule=datamodule)
 
     after = module.teacher.state_dict()
@@ -58,7 +60,9 @@ def test_teacher_is_bitwise_unchanged_after_fit_with_validation(make_cfg, teache
     assert not any(k.startswith("teacher") for k in keys)
     assert {k for k in keys if k.startswith("model.")} == {f"model.{k}" for k in module.model.state_dict()}
     # Parameter count in the checkpoint equals the student's: nothing of the teacher came along.
-    n_saved = sum(v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("model.") and v.is_floating_point())
+    n_saved = sum(
+        v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("model.") and v.is_floating_point()
+    )
     n_student = sum(v.numel() for v in module.model.state_dict().values() if v.is_floating_point())
     assert n_saved == n_student
 

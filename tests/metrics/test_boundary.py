@@ -87,7 +87,9 @@ def ref_boundary_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int, 
     return out
 
 
-def random_batch(seed: int, b: int = 3, k: int = 3, h: int = 14, w: int = 17) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(
+    seed: int, b: int = 3, k: int = 3, h: int = 14, w: int = 17
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     # Blocky maps (2×2 cells) so that regions are bigger than single pixels, plus ignored pixels.
     target = torch.randint(0, k, (b, h // 2 + 1, w // 2 + 1), generator=g).repeat_interleave(2, 1)
@@ -172,12 +174,13 @@ def test_bf_square_by_hand() -> None:
     assert_nan_close(loose.per_class(), [1.0, 1.0])
 
 
-@pytest.mark.parametrize("tol", [0, 1, 2])
-def test_bf_matches_bruteforce_reference(tol: int) -> None:
-    pred, target = random_batch(10 + tol)
-    m = BoundaryFScore(3, tolerance=tol)
+@pytest.mark.parametrize(("tol", "k"), [(0, 3), (1, 3), (2, 3), (1, 12), (1, 20), (2, 70)])
+def test_bf_matches_bruteforce_reference(tol: int, k: int) -> None:
+    # k picks the bit-map word: uint8, int16, int32, and two int64 words.
+    pred, target = random_batch(10 + tol, k=k, h=14 if k < 20 else 24, w=17 if k < 20 else 30)
+    m = BoundaryFScore(k, tolerance=tol)
     m.update(pred, target)
-    assert_nan_close(m.per_class(), ref_boundary_f1(pred, target, 3, tol))
+    assert_nan_close(m.per_class(), ref_boundary_f1(pred, target, k, tol))
 
 
 def test_bf_undefined_and_one_sided_classes() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from bcd_lightning.metrics import ConnectivityError
 from bcd_lightning.metrics.morphology import NO_CLASS
-from test_morphology import bfs_component_counts
 
 IGNORE = 255
 
@@ -64,12 +64,17 @@ def test_ignored_pixels_split_both_maps_alike() -> None:
     assert m.error_sum.tolist() == [0, 0] and m.pairs.tolist() == [1, 1]
 
 
-def ref_errors(pred: torch.Tensor, target: torch.Tensor, k: int, connectivity: int) -> tuple[list, list]:
+BfsCounts = Callable[[torch.Tensor, int, int], list[int]]
+
+
+def ref_errors(
+    bfs: BfsCounts, pred: torch.Tensor, target: torch.Tensor, k: int, connectivity: int
+) -> tuple[list, list]:
     err, pairs = [0] * k, [0] * k
     for p, t in zip(pred, target, strict=True):
         ignored = t == IGNORE
-        cp = bfs_component_counts(torch.where(ignored, NO_CLASS, p), k, connectivity)
-        cg = bfs_component_counts(torch.where(ignored, NO_CLASS, t), k, connectivity)
+        cp = bfs(torch.where(ignored, NO_CLASS, p), k, connectivity)
+        cg = bfs(torch.where(ignored, NO_CLASS, t), k, connectivity)
         for c in range(k):
             if cp[c] or cg[c]:
                 err[c] += abs(cp[c] - cg[c])
@@ -88,11 +93,11 @@ def random_batch(seed: int, b: int = 4, k: int = 4) -> tuple[torch.Tensor, torch
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_matches_flood_fill_reference(connectivity: int) -> None:
+def test_matches_flood_fill_reference(connectivity: int, bfs_component_counts: BfsCounts) -> None:
     pred, target = random_batch(connectivity)
     m = ConnectivityError(4, connectivity=connectivity)
     m.update(pred, target)
-    err, pairs = ref_errors(pred, target, 4, connectivity)
+    err, pairs = ref_errors(bfs_component_counts, pred, target, 4, connectivity)
     assert m.error_sum.tolist() == err and m.pairs.tolist() == pairs
     assert m.compute().item() == pytest.approx(sum(err) / sum(pairs))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,40 +10,16 @@ import torch.nn.functional as F
 
 from bcd_lightning.metrics.morphology import (
     NO_CLASS,
+    binary_skeleton,
+    boundary_band,
     count_components,
     erode,
     label_components,
     sliding_reduce_1d,
-    soft_skeleton,
     window_reduce,
 )
 
-
-def bfs_component_counts(labels: torch.Tensor, num_classes: int, connectivity: int) -> list[int]:
-    """Independent reference: flood fill in pure Python."""
-    h, w = labels.shape
-    lab = labels.tolist()
-    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    if connectivity == 4:
-        steps = [s for s in steps if 0 in s]
-    seen = [[False] * w for _ in range(h)]
-    counts = [0] * num_classes
-    for y0 in range(h):
-        for x0 in range(w):
-            c = lab[y0][x0]
-            if seen[y0][x0] or c == NO_CLASS:
-                continue
-            counts[c] += 1
-            seen[y0][x0] = True
-            queue = deque([(y0, x0)])
-            while queue:
-                y, x = queue.popleft()
-                for dy, dx in steps:
-                    v, u = y + dy, x + dx
-                    if 0 <= v < h and 0 <= u < w and not seen[v][u] and lab[v][u] == c:
-                        seen[v][u] = True
-                        queue.append((v, u))
-    return counts
+BfsCounts = Callable[[torch.Tensor, int, int], list[int]]
 
 
 def spiral(h: int, w: int) -> torch.Tensor:
@@ -92,6 +68,18 @@ def test_erode_equals_iterated_3x3_with_zero_border() -> None:
         assert torch.equal(erode(mask, d), ref.squeeze(1).bool())
 
 
+@pytest.mark.parametrize("border", [True, False])
+def test_boundary_band_is_mask_minus_erosion_for_every_class(border: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (2, 8, 9), generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2).int()
+    labels[torch.rand(labels.shape, generator=g) < 0.05] = NO_CLASS
+    for d in (1, 2, 3):
+        band = boundary_band(labels, d, border_is_boundary=border)
+        for c in range(3):
+            mask = labels == c
+            assert torch.equal(band & mask, mask & ~erode(mask, d, border_is_background=border))
+
+
 def test_component_patterns() -> None:
     diag = torch.zeros(1, 8, 8, dtype=torch.int32)
     diag[0, 1:4, 1:4] = 1
@@ -119,26 +107,57 @@ def test_no_class_pixels_split_and_are_not_counted() -> None:
     lab = torch.zeros(1, 5, 9, dtype=torch.int32)
     lab[0, :, 4] = NO_CLASS
     assert count_components(lab, 1, 8)[0, 0] == 2
-    rep = label_components(lab, 8)[0]
-    assert rep[0, 0] == rep[4, 3] and rep[0, 0] != rep[0, 5]
+    ids = label_components(lab, 8)[0]
+    assert ids[0, 0] == ids[4, 3] and ids[0, 0] != ids[0, 5] and ids[0, 4] != ids[0, 0]
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_components_match_bfs_on_random_maps(connectivity: int) -> None:
+@pytest.mark.parametrize("shape", [(19, 23), (1, 17), (13, 1), (2, 2)])
+def test_components_match_bfs_on_random_maps(
+    connectivity: int, shape: tuple[int, int], bfs_component_counts: BfsCounts
+) -> None:
     g = torch.Generator().manual_seed(connectivity)
     for density in (0.3, 0.5, 0.7):
-        labels = (torch.rand(6, 19, 23, generator=g) < density).int()
-        labels[torch.rand(labels.shape, generator=g) < 0.1] = 2
-        labels[torch.rand(labels.shape, generator=g) < 0.05] = NO_CLASS
-        counts = count_components(labels, 3, connectivity)
-        for i in range(labels.size(0)):
-            assert counts[i].tolist() == bfs_component_counts(labels[i], 3, connectivity)
+        for block in (1, 3):  # pixel noise, and blocky regions with long runs
+            h, w = (-(-shape[0] // block), -(-shape[1] // block))
+            labels = (torch.rand(4, h, w, generator=g) < density).int()
+            labels[torch.rand(labels.shape, generator=g) < 0.1] = 2
+            labels[torch.rand(labels.shape, generator=g) < 0.05] = NO_CLASS
+            labels = labels.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, : shape[0], : shape[1]]
+            counts = count_components(labels.contiguous(), 3, connectivity)
+            for i in range(labels.size(0)):
+                assert counts[i].tolist() == bfs_component_counts(labels[i], 3, connectivity)
 
 
-def test_soft_skeleton_of_thick_bar_is_thin() -> None:
-    bar = torch.zeros(1, 1, 9, 20)
-    bar[0, 0, 2:7, 3:17] = 1
-    skel = soft_skeleton(bar)
-    assert set(skel.unique().tolist()) <= {0.0, 1.0}
-    assert skel[0, 0, 4, 5:15].eq(1).all()  # the medial row survives
-    assert skel.sum() < bar.sum() / 3 and bool((skel <= bar).all())
+def soft_skeleton(img: torch.Tensor, iters: int) -> torch.Tensor:
+    """Reference: the soft skeleton of Shit et al. (clDice, CVPR 2021) as published, on [N, 1, H, W]."""
+
+    def soft_erode(x: torch.Tensor) -> torch.Tensor:
+        return torch.min(-F.max_pool2d(-x, (3, 1), (1, 1), (1, 0)), -F.max_pool2d(-x, (1, 3), (1, 1), (0, 1)))
+
+    def soft_open(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(soft_erode(x), (3, 3), (1, 1), (1, 1))
+
+    skel = F.relu(img - soft_open(img))
+    for _ in range(iters):
+        img = soft_erode(img)
+        delta = F.relu(img - soft_open(img))
+        skel = skel + F.relu(delta - skel * delta)
+    return skel
+
+
+def test_binary_skeleton_matches_published_soft_skeleton() -> None:
+    g = torch.Generator().manual_seed(2)
+    masks = torch.rand(4, 6, 7, generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2) < 0.6
+    masks[0] = True  # fills the frame: never erodes with a neutral frame
+    masks[1] = False
+    ref = soft_skeleton(masks.float().unsqueeze(1), iters=16).squeeze(1)
+    assert torch.equal(binary_skeleton(masks), ref.bool()) and set(ref.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_skeleton_of_thick_bar_is_thin() -> None:
+    bar = torch.zeros(1, 9, 20, dtype=torch.bool)
+    bar[0, 2:7, 3:17] = True
+    skel = binary_skeleton(bar)
+    assert skel[0, 4, 5:15].all()  # the medial row survives
+    assert skel.sum() < bar.sum() / 3 and not (skel & ~bar).any()

@@ -40,7 +40,9 @@ def test_loads_plain_state_dict_and_lightning_checkpoint(tmp_path: Path) -> None
     plain = tmp_path / "plain.pt"
     torch.save(source.state_dict(), plain)
     lightning_style = tmp_path / "run.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, lightning_style)
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, lightning_style
+    )
     for path in (plain, lightning_style):
         teacher = FrozenTeacher(_model(), checkpoint=path)
         for k, v in source.state_dict().items():

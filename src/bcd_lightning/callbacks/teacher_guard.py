@@ -34,7 +34,9 @@ class TeacherGuard(L.Callback):
         if teacher is not None:
             self.digest_at_start = state_digest(teacher)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
         teacher = getattr(pl_module, "teacher", None)
         if teacher is None or trainer.global_step % self.check_every_n_steps:
             return

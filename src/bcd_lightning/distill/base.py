@@ -21,7 +21,9 @@ class DistillLoss(nn.Module):
 
     uses: ClassVar[frozenset[str]] = frozenset({"logits"})
 
-    def forward(self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255) -> Tensor:
+    def forward(
+        self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
+    ) -> Tensor:
         raise NotImplementedError
 
     def check_compatible(self, student_stages: int, teacher_stages: int) -> None:

@@ -57,8 +57,9 @@ def pixel_kd(
 #: Norm floor for per-pixel normalisation: a (near-)zero feature becomes the zero vector (affinity 0).
 NORM_EPS = 1e-6
 #: Automatic chunk size for the context loss: one ``[B, chunk, N]`` block holds at most this many elements
-#: (32 MiB of fp32); a chunk step keeps about four such blocks alive.
-CHUNK_ELEMENTS = 8 * 2**20
+#: (16 MiB of fp32; a chunk step keeps about four blocks alive). Below glibc's 32 MiB mmap ceiling, so CPU
+#: blocks are reused from the heap instead of being page-faulted in afresh for every chunk.
+CHUNK_ELEMENTS = 4 * 2**20
 BOUNDARY_VARIANTS = ("mse", "l1", "kl")
 
 
@@ -96,16 +97,32 @@ def boundary_map(feature: Tensor, dilation: int = 1) -> Tensor:
         raise ValueError(f"boundary_map: dilation must be an integer >= 1, got {dilation!r}")
     d = int(dilation)
     with _no_autocast(feature):
-        f = _normalize_channels(_upcast(feature), dim=1)
-        h, w = f.shape[-2:]
-        padded = F.pad(f, (d, d, d, d), mode="replicate")
-        affinity = f.new_zeros(f.shape[0], h, w)
-        for dy in (0, d, 2 * d):
-            for dx in (0, d, 2 * d):
-                if dy == d and dx == d:
-                    continue  # the centre pixel itself
-                neighbour = padded[:, :, dy : dy + h, dx : dx + w]
-                affinity = affinity + (f * neighbour).sum(1).clamp_min(0.0)
+        h, w = feature.shape[-2:]
+        # Replicate-pad once; the cosine of a pair (q, q+δ) serves both q (offset +δ) and q+δ (offset -δ),
+        # so 4 products over the padded grid cover all 8 neighbours (half the work of 8 shifts).
+        x = F.pad(_normalize_channels(_upcast(feature), dim=1), (d, d, d, d), mode="replicate")
+
+        def cos(y0: int, y1: int, x0: int, x1: int, dy: int, dx: int) -> Tensor:
+            # max(x(q)·x(q+δ), 0) for q in rows y0:y1, cols x0:x1 of the padded grid.
+            a = x[:, :, y0:y1, x0:x1]
+            b = x[:, :, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            return (a * b).sum(1).clamp_min(0.0)
+
+        right = cos(d, d + h, 0, w + d, 0, d)  # pairs along x
+        down = cos(0, h + d, d, d + w, d, 0)  # pairs along y
+        diag = cos(0, h + d, 0, w + d, d, d)  # pairs along (d, d)
+        anti = cos(0, h + d, d, w + 2 * d, d, -d)  # pairs along (d, -d)
+        # Pixel p sits at p + (d, d) in the padded grid: one slice picks its +δ pair, the other its -δ pair.
+        affinity = (
+            right[:, :, d:]
+            + right[:, :, :w]
+            + down[:, d:]
+            + down[:, :h]
+            + diag[:, d:, d:]
+            + diag[:, :h, :w]
+            + anti[:, d:, :w]
+            + anti[:, :h, d:]
+        )
         return 1.0 - affinity / 8.0
 
 
@@ -246,11 +263,11 @@ def _relation_nodes(
             return F.adaptive_avg_pool2d(x, size)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    s, t = to_grid(s), to_grid(t)
-    return (
-        _normalize_channels(s.flatten(2).transpose(1, 2), dim=-1),
-        _normalize_channels(t.flatten(2).transpose(1, 2), dim=-1),
-    )
+    # Normalise in the [B, C, h, w] layout (a fast broadcast), then view as [B, N, C]: bmm takes the
+    # transposed operand as it is.
+    s = _normalize_channels(to_grid(s), dim=1)
+    t = _normalize_channels(to_grid(t), dim=1)
+    return s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
 
 
 def auto_chunk_size(batch: int, nodes: int, max_elements: int = CHUNK_ELEMENTS) -> int:
@@ -259,13 +276,13 @@ def auto_chunk_size(batch: int, nodes: int, max_elements: int = CHUNK_ELEMENTS) 
 
 
 class _ChunkedRelationKL(torch.autograd.Function):
-    """``τ²/(B·N) · Σ_{b,i} KL(R_i^T ‖ R_i^S)`` over row chunks; O(chunk·N) memory.
+    """``τ²/(B·N) · Σ_{b,i} KL(R_i^T ‖ R_i^S)`` over row chunks; O(B·chunk·N) memory.
 
     The gradient is exact and computed in the same pass as the loss: for logits ``a = s sᵀ/τ`` the
-    gradient of the loss w.r.t. ``a_ij`` is ``c·(R^S_ij - R^T_ij)`` with ``c = τ²/(B·N)``, so
-    ``∂L/∂s = (G + Gᵀ) s / τ``, accumulated chunk by chunk. This needs no N×N storage and, unlike
-    recomputation in ``backward``, no second pass over the matmuls (fwd+bwd FLOPs equal the naive
-    version's). ``backward`` only scales the stored gradient.
+    gradient w.r.t. ``a_ij`` is ``c·(R^S_ij - R^T_ij)`` with ``c = τ²/(B·N)``, so
+    ``∂L/∂s = c·(G + Gᵀ) s / τ`` with ``G = R^S - R^T``, accumulated chunk by chunk. This needs no N×N
+    storage and, unlike recomputing the chunks in ``backward``, no second pass over the matmuls (the
+    FLOPs of forward + backward equal the naive version's). ``backward`` only scales the stored gradient.
     """
 
     @staticmethod
@@ -273,22 +290,30 @@ class _ChunkedRelationKL(torch.autograd.Function):
         b, n, _ = s.shape
         scale = tau**2 / (b * n)
         s_t, t_t = s.transpose(1, 2), t.transpose(1, 2)
-        grad = torch.zeros_like(s) if need_grad else None
+        grad = s.new_zeros(s.shape) if need_grad else None  # contiguous: baddbmm_ writes into row slices
         total = s.new_zeros(())
         for r0 in range(0, n, chunk):
             r1 = min(r0 + chunk, n)
-            # In-place ops keep about four [B, chunk, N] blocks alive at once.
-            log_q = torch.bmm(s[:, r0:r1], s_t).div_(tau)
-            log_q -= log_q.logsumexp(-1, keepdim=True)
-            log_p = torch.bmm(t[:, r0:r1], t_t).div_(tau)
-            log_p -= log_p.logsumexp(-1, keepdim=True)
-            p = log_p.exp()
-            total += torch.sub(log_p, log_q).mul_(p).sum()
-            del log_p
+            # Shifted logits a - max_j a (1/τ applied to the small [B, chunk, C] rows); in-place ops keep
+            # at most four [B, chunk, N] blocks alive.
+            a_t = torch.bmm(t[:, r0:r1] / tau, t_t)
+            a_t -= a_t.amax(-1, keepdim=True)
+            p = a_t.exp()
+            z_t = p.sum(-1, keepdim=True)
+            p /= z_t
+            a_s = torch.bmm(s[:, r0:r1] / tau, s_t)
+            a_s -= a_s.amax(-1, keepdim=True)
+            e_s = a_s.exp()
+            z_s = e_s.sum(-1, keepdim=True)
+            # KL_i = Σ_j p_ij (a^T_ij - a^S_ij) + log z^S_i - log z^T_i, because Σ_j p_ij = 1.
+            total += a_t.sub_(a_s).mul_(p).sum() + (z_s.log() - z_t.log()).sum()
+            del a_s, a_t
             if grad is not None:
-                g = log_q.exp_().sub_(p).mul_(scale / tau)  # ∂L/∂(s_i·s_j) for the rows of this chunk
-                grad[:, r0:r1].baddbmm_(g, s)
-                grad.baddbmm_(g.transpose(1, 2), s[:, r0:r1])
+                g = e_s.div_(z_s).sub_(p)  # R^S - R^T for the rows of this chunk
+                grad[:, r0:r1].baddbmm_(g, s, alpha=scale / tau)
+                grad.baddbmm_(g.transpose(1, 2), s[:, r0:r1], alpha=scale / tau)
+                del g
+            del e_s, p
         ctx.save_for_backward(grad)
         return total * scale
 
@@ -324,7 +349,7 @@ def self_relation_kl(
         b, n, _ = s.shape
         chunk = auto_chunk_size(b, n) if chunk_size is None else min(int(chunk_size), n)
         need_grad = torch.is_grad_enabled() and s.requires_grad
-        return _ChunkedRelationKL.apply(s, t.contiguous(), float(tau), chunk, need_grad)
+        return _ChunkedRelationKL.apply(s, t, float(tau), chunk, need_grad)
 
 
 def self_relation_kl_naive(

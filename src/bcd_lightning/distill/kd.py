@@ -26,5 +26,7 @@ class LogitKD(DistillLoss):
             raise ValueError(f"LogitKD: tau must be > 0, got {tau}")
         self.tau = tau
 
-    def forward(self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255) -> Tensor:
+    def forward(
+        self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
+    ) -> Tensor:
         return pixel_kd(student.logits, teacher.logits, self.tau, valid_mask=target != ignore_index)

@@ -61,7 +61,9 @@ class DistillationModule(SegmentationModule):
         terms = {name: t if isinstance(t, LossTerm) else LossTerm(**dict(t)) for name, t in losses.items()}
         for name, term in terms.items():
             if not isinstance(term.loss, DistillLoss):
-                raise TypeError(f"distill.losses.{name}.loss must be a DistillLoss, got {type(term.loss).__name__}")
+                raise TypeError(
+                    f"distill.losses.{name}.loss must be a DistillLoss, got {type(term.loss).__name__}"
+                )
             try:
                 term.loss.check_compatible(len(student.stage_channels), len(teacher.model.stage_channels))
             except ValueError as err:
@@ -101,7 +103,7 @@ class DistillationModule(SegmentationModule):
                 break
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             metric.update(self.teacher(batch["image"]).logits.argmax(1), batch["mask"])
-        return float(metric.compute())
+        return float(metric.compute())  # mIoU only: this runs once, before fitting
 
     # --- training -----------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:

@@ -6,12 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
-from bcd_lightning.metrics import SegmentationIoU
+from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel, SegOutput
 
 
@@ -56,8 +55,8 @@ class SegmentationModule(L.LightningModule):
                 "config": dict(config or {}),
             }
         )
-        self.val_iou = SegmentationIoU(num_classes, ignore_index)
-        self.test_iou = SegmentationIoU(num_classes, ignore_index)
+        self.val_metrics = SegMetrics(num_classes, ignore_index)
+        self.test_metrics = SegMetrics(num_classes, ignore_index)
 
     def forward(self, x: Tensor) -> SegOutput:
         return self.model(x)
@@ -71,14 +70,21 @@ class SegmentationModule(L.LightningModule):
         out = self.model(batch["image"])
         loss = self.cross_entropy(out.logits, batch["mask"])
         self.log("train/loss/ce", loss, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
-        self.log("train/loss/total", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
+        self.log(
+            "train/loss/total",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(batch["mask"]),
+        )
         return loss
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
         logits = self.model(batch["image"]).logits
         loss = self.cross_entropy(logits, batch["mask"])
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(batch["mask"]))
-        getattr(self, f"{stage}_iou").update(logits.argmax(1), batch["mask"])
+        getattr(self, f"{stage}_metrics").update(logits.argmax(1), batch["mask"])
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -87,14 +93,17 @@ class SegmentationModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/mIoU", self.val_iou.compute(), prog_bar=True)
-        self.val_iou.reset()
+        for name, value in self.val_metrics.compute().items():
+            self.log(f"val/{name}", value, prog_bar=name == "mIoU")
+        self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log("test/mIoU", self.test_iou.compute())
-        for name, iou in zip(self.class_names, self.test_iou.iou_per_class().tolist(), strict=True):
-            self.log(f"test/IoU/{name}", iou)
-        self.test_iou.reset()
+        for name, value in self.test_metrics.compute().items():
+            self.log(f"test/{name}", value)
+        for name, per_class in self.test_metrics.per_class(self.class_names).items():
+            for class_name, value in per_class.items():
+                self.log(f"test/{'IoU' if name == 'mIoU' else name}/{class_name}", value)
+        self.test_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)

@@ -10,9 +10,11 @@ from torchmetrics import Metric
 
 from bcd_lightning.metrics.morphology import (
     NO_CLASS,
+    bit_word,
     boundary_band,
     class_bits,
     has_class_bit,
+    masked_bincount,
     segmentation_labels,
     window_reduce,
 )
@@ -25,10 +27,6 @@ def _nan_where(undefined: Tensor, value: Tensor) -> Tensor:
 def _nanmean(values: Tensor) -> Tensor:
     defined = ~values.isnan()
     return values[defined].mean() if defined.any() else torch.tensor(0.0, device=values.device)
-
-
-def _bincount(labels: Tensor, where: Tensor, num_classes: int) -> Tensor:
-    return torch.bincount(labels[where].long(), minlength=num_classes)
 
 
 class BoundaryIoU(Metric):
@@ -81,9 +79,9 @@ class BoundaryIoU(Metric):
         gt_band = boundary_band(gt, d, border_is_boundary=True) & (gt != NO_CLASS)
         pred_band = boundary_band(pred, d, border_is_boundary=True) & (pred != NO_CLASS)
         k = self.num_classes
-        self.intersection += _bincount(gt, gt_band & pred_band & (gt == pred), k)
-        self.gt_band += _bincount(gt, gt_band, k)
-        self.pred_band += _bincount(pred, pred_band, k)
+        self.intersection += masked_bincount(gt, gt_band & pred_band & (gt == pred), k)
+        self.gt_band += masked_bincount(gt, gt_band, k)
+        self.pred_band += masked_bincount(pred, pred_band, k)
 
     def per_class(self) -> Tensor:
         inter = self.intersection.double()
@@ -111,7 +109,9 @@ class BoundaryFScore(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, tolerance: int = 2, **kwargs) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int | None = 255, tolerance: int = 2, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
@@ -128,18 +128,23 @@ class BoundaryFScore(Metric):
         pred_edge = boundary_band(pred, 1, border_is_boundary=False) & (pred != NO_CLASS)
         pred_hit = torch.zeros_like(pred_edge)
         gt_hit = torch.zeros_like(gt_edge)
-        # "Is there a contour pixel of class c nearby" for 63 classes at a time: OR-dilate a bit-per-class map
-        # instead of dilating one plane per class.
-        for first in range(0, self.num_classes, 63):
-            gt_near = window_reduce(class_bits(gt, gt_edge, first), self.tolerance, torch.bitwise_or, 0)
-            pred_near = window_reduce(class_bits(pred, pred_edge, first), self.tolerance, torch.bitwise_or, 0)
-            pred_hit |= has_class_bit(gt_near, pred, first)
-            gt_hit |= has_class_bit(pred_near, gt, first)
+        # "Is there a contour pixel of class c nearby" for a word of classes at a time: OR-dilate a
+        # bit-per-class map instead of dilating one plane per class.
+        dtype, bits = bit_word(self.num_classes)
+        for first in range(0, self.num_classes, bits):
+            gt_near = window_reduce(
+                class_bits(gt, gt_edge, first, dtype, bits), self.tolerance, torch.bitwise_or, 0
+            )
+            pred_near = window_reduce(
+                class_bits(pred, pred_edge, first, dtype, bits), self.tolerance, torch.bitwise_or, 0
+            )
+            pred_hit |= has_class_bit(gt_near, pred, first, bits)
+            gt_hit |= has_class_bit(pred_near, gt, first, bits)
         k = self.num_classes
-        self.matched_pred += _bincount(pred, pred_edge & pred_hit, k)
-        self.total_pred += _bincount(pred, pred_edge, k)
-        self.matched_gt += _bincount(gt, gt_edge & gt_hit, k)
-        self.total_gt += _bincount(gt, gt_edge, k)
+        self.matched_pred += masked_bincount(pred, pred_edge & pred_hit, k)
+        self.total_pred += masked_bincount(pred, pred_edge, k)
+        self.matched_gt += masked_bincount(gt, gt_edge & gt_hit, k)
+        self.total_gt += masked_bincount(gt, gt_edge, k)
 
     def precision_recall(self) -> tuple[Tensor, Tensor]:
         """Per-class boundary precision and recall (NaN where there are no pred / GT contour pixels)."""

@@ -32,7 +32,11 @@ class SegmentationIoU(Metric):
             preds = preds.argmax(1)
         if preds.shape != target.shape:
             raise ValueError(f"SegmentationIoU: preds {tuple(preds.shape)} vs target {tuple(target.shape)}")
-        valid = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        valid = (
+            target != self.ignore_index
+            if self.ignore_index is not None
+            else torch.ones_like(target, dtype=torch.bool)
+        )
         t = target[valid].long()
         p = preds[valid].long()
         if t.numel() and (t.min() < 0 or t.max() >= self.num_classes):
@@ -48,6 +52,8 @@ class SegmentationIoU(Metric):
         tp = cm.diag()
         union = cm.sum(0) + cm.sum(1) - tp
         return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan"))).float()
+
+    per_class = iou_per_class
 
     def compute(self) -> Tensor:
         iou = self.iou_per_class()

@@ -6,7 +6,7 @@ Everything works on label maps ``[..., H, W]`` on any device, with no per-class 
   erosion/dilation of any radius and for bitwise-OR "which classes are near" maps;
 * class-agnostic boundary bands: a pixel lies in the inner band of its own class mask iff its window is not
   uniform, so one min/max pass over the label map gives the bands of *all* classes at once;
-* exact connected-component labelling by hook-and-compress (label propagation + pointer jumping).
+* exact connected-component counting: union-find (hook-and-compress) over horizontal runs.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ NO_CLASS = -1
 _BORDER = -2
 
 _Op = Callable[[Tensor, Tensor], Tensor]
-
-# One offset per undirected neighbour pair (the other direction is the pair seen from the other pixel).
-HALF_OFFSETS_4 = ((0, 1), (1, 0))
-HALF_OFFSETS_8 = (*HALF_OFFSETS_4, (1, 1), (1, -1))
 
 
 def sliding_reduce_1d(x: Tensor, k: int, dim: int, op: _Op) -> Tensor:
@@ -73,11 +69,6 @@ def erode(mask: Tensor, radius: int, border_is_background: bool = True) -> Tenso
     return window_reduce(m, radius, torch.minimum, 0 if border_is_background else 1).bool()
 
 
-def dilate(mask: Tensor, radius: int) -> Tensor:
-    """Binary dilation by a (2r+1)² square (Chebyshev distance <= r); nothing outside the image."""
-    return window_reduce(mask.to(torch.uint8), radius, torch.maximum, 0).bool()
-
-
 def boundary_band(labels: Tensor, radius: int, border_is_boundary: bool) -> Tensor:
     """Pixels whose (2r+1)² window is not uniform in ``labels`` (integer map, ``NO_CLASS`` allowed).
 
@@ -96,114 +87,153 @@ def boundary_band(labels: Tensor, radius: int, border_is_boundary: bool) -> Tens
     return hi != lo
 
 
-def class_bits(labels: Tensor, where: Tensor, first_class: int, num_bits: int = 63) -> Tensor:
-    """int64 map with bit ``c - first_class`` set where ``where`` and ``labels == c``, c in [first, first+bits).
+# Integer dtypes for per-class bit maps and how many classes each holds (sign bits left unused).
+_BIT_WORDS = ((torch.uint8, 8), (torch.int16, 15), (torch.int32, 31), (torch.int64, 63))
 
-    Lets a single bitwise-OR window pass answer "which classes occur near this pixel" for up to 63 classes,
-    instead of dilating one one-hot plane per class.
+
+def bit_word(num_classes: int) -> tuple[torch.dtype, int]:
+    """Smallest integer dtype holding one bit per class (int64 words of 63 classes beyond that)."""
+    return next(((dt, n) for dt, n in _BIT_WORDS if num_classes <= n), _BIT_WORDS[-1])
+
+
+def class_bits(labels: Tensor, where: Tensor, first_class: int, dtype: torch.dtype, num_bits: int) -> Tensor:
+    """Map with bit ``c - first_class`` set where ``where`` and ``labels == c``, c in [first, first+bits).
+
+    Lets a single bitwise-OR window pass answer "which classes occur near this pixel" for a whole word of
+    classes, instead of dilating one one-hot plane per class.
     """
-    shift = labels.long() - first_class
+    shift = labels.to(dtype) - first_class if first_class else labels.to(dtype)
     keep = where & (shift >= 0) & (shift < num_bits)
-    one = torch.ones((), dtype=torch.long, device=labels.device)
+    one = torch.ones((), dtype=dtype, device=labels.device)
     return torch.where(keep, torch.bitwise_left_shift(one, shift.clamp(0, num_bits - 1)), 0)
 
 
-def has_class_bit(bits: Tensor, labels: Tensor, first_class: int, num_bits: int = 63) -> Tensor:
+def has_class_bit(bits: Tensor, labels: Tensor, first_class: int, num_bits: int) -> Tensor:
     """``bits`` has the bit of ``labels`` set (False for labels outside [first, first+bits))."""
-    shift = labels.long() - first_class
+    shift = labels.to(bits.dtype) - first_class if first_class else labels.to(bits.dtype)
     inside = (shift >= 0) & (shift < num_bits)
     return inside & (torch.bitwise_right_shift(bits, shift.clamp(0, num_bits - 1)) & 1).bool()
 
 
-def label_components(labels: Tensor, connectivity: int = 8) -> Tensor:
-    """Connected components of equal-label regions of ``labels [N, H, W]`` (``NO_CLASS`` pixels excluded).
+def masked_bincount(labels: Tensor, where: Tensor, num_classes: int) -> Tensor:
+    """Per-class count of the pixels in ``where`` (``labels`` in [0, K) there); no boolean indexing, which
+    costs more than the count itself (nonzero + gather)."""
+    idx = torch.where(where, labels, num_classes).reshape(-1)
+    return torch.bincount(idx, minlength=num_classes + 1)[:num_classes]
 
-    Returns ``[N, H, W]`` int64 where every pixel holds the flat index (within its image) of its component's
-    representative, the component's largest pixel index; ``NO_CLASS`` pixels are their own singleton.
-    Exact: hook-and-compress iterates until no same-label neighbours disagree. Each round hooks every tree
-    root to the largest root seen across an edge, then pointer-jumps to full compression, so long thin
-    shapes (snakes, spirals) take O(log) rounds rather than one round per pixel of path length.
+
+def _union_runs(labels: Tensor, connectivity: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Union-find over the horizontal runs of ``labels [N, H, W]``.
+
+    Nodes are maximal horizontal runs of one label (usually far fewer than pixels); edges join runs of the
+    same label that touch across consecutive rows (vertically, or also diagonally for 8-connectivity), one
+    edge per overlap segment rather than per pixel pair. Hook-and-compress then runs on those small arrays:
+    each round hooks both roots of every edge to the larger of the two, and pointer-jumps until every node
+    points at a root; it stops when no edge joins two different roots, so it is exact, and long thin shapes
+    (snakes, spirals) take a few rounds, not one per pixel of path length. Labels only grow and roots only
+    hook to larger roots, so there are no cycles.
+
+    Returns per-pixel run ids (flat, int64), the run forest ``parent`` (roots: ``parent[r] == r``) and the
+    flat pixel index where each run starts.
     """
-    if labels.dim() != 3:
-        raise ValueError(f"label_components expects [N, H, W], got {tuple(labels.shape)}")
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    n, h, w = labels.shape
-    # Each undirected neighbour pair once: pixel windows a and b = a shifted by (dy, dx), plus where the pair
-    # is *not* joined (precomputed once; the pair is visited in both directions each round).
-    edges = []
-    for dy, dx in HALF_OFFSETS_8 if connectivity == 8 else HALF_OFFSETS_4:
-        a = (slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
-        b = (slice(dy, h), slice(max(0, dx), w - max(0, -dx)))
-        la, lb = labels[:, a[0], a[1]], labels[:, b[0], b[1]]
-        edges.append((a, b, (la != lb) | (la == NO_CLASS)))
+    w = labels.size(-1)
+    start = torch.ones_like(labels, dtype=torch.bool)
+    start[:, :, 1:] = labels[:, :, 1:] != labels[:, :, :-1]
+    run_id = start.view(-1).cumsum(0).sub_(1)
+    run_starts = start.view(-1).nonzero().squeeze(1)
 
-    parent = torch.arange(h * w, device=labels.device).expand(n, -1).contiguous()
+    us, vs = [], []
+    vertical = None
+    for dx in (0, -1, 1) if connectivity == 8 else (0,):
+        ca, cb = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+        a = labels[:, :-1, ca]
+        joined = (a == labels[:, 1:, cb]) & (a != NO_CLASS)
+        if vertical is None:
+            vertical = joined
+        else:  # a diagonal pair is implied by a vertical one beside it, unless the runs touch by a corner only
+            joined &= ~vertical[:, :, :-1] & ~vertical[:, :, 1:]
+        # The pair one pixel left joins the same two runs when it is joined too and within the run.
+        redundant = joined[:, :, :-1] & ~start[:, :-1, ca][:, :, 1:]
+        keep = torch.zeros_like(start)
+        keep[:, :-1, ca] = joined
+        keep[:, :-1, ca][:, :, 1:] &= ~redundant
+        pos = keep.view(-1).nonzero().squeeze(1)
+        us.append(run_id[pos])
+        vs.append(run_id[pos + (w + dx)])
+    u, v = torch.cat(us), torch.cat(vs)
+
+    parent = torch.arange(run_starts.numel(), device=labels.device)
     while True:
-        grid = parent.view(n, h, w)
-        best = grid.clone()
-        for a, b, cut in edges:
-            pair_max = torch.maximum(grid[:, a[0], a[1]], grid[:, b[0], b[1]]).masked_fill_(cut, 0)
-            for win in (a, b):
-                region = best[:, win[0], win[1]]
-                torch.maximum(region, pair_max, out=region)
-        best = best.view(n, -1)
-        if torch.equal(best, parent):  # every pixel already agrees with all same-label neighbours
-            return grid
-        # Hook: each root adopts the largest label seen from any pixel of its tree (indices stay within
-        # the component and only grow, so there are no cycles).
-        parent.scatter_reduce_(1, parent.clone(), best, reduce="amax")
-        while True:  # compress: pointer jumping until every pixel points at a root
-            jumped = parent.gather(1, parent)
+        pu, pv = parent[u], parent[v]
+        if torch.equal(pu, pv):
+            return run_id, parent, run_starts
+        top = torch.maximum(pu, pv)
+        parent.scatter_reduce_(0, pu, top, reduce="amax")
+        parent.scatter_reduce_(0, pv, top, reduce="amax")
+        while True:  # compress
+            jumped = parent[parent]
             if torch.equal(jumped, parent):
                 break
             parent = jumped
 
 
+def _check_components_args(labels: Tensor, connectivity: int) -> None:
+    if labels.dim() != 3:
+        raise ValueError(f"expected labels [N, H, W], got {tuple(labels.shape)}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+
+
+def label_components(labels: Tensor, connectivity: int = 8) -> Tensor:
+    """Component id (int64, unique over the whole batch) of every pixel of ``labels [N, H, W]``: connected
+    regions of one label, ``NO_CLASS`` pixels included as regions of their own (callers drop them)."""
+    _check_components_args(labels, connectivity)
+    run_id, parent, _ = _union_runs(labels, connectivity)
+    return parent[run_id].view(labels.shape)
+
+
 def count_components(labels: Tensor, num_classes: int, connectivity: int = 8) -> Tensor:
     """``[N, num_classes]`` int64: number of connected components of each class in each image."""
-    n = labels.size(0)
-    rep = label_components(labels, connectivity).view(n, -1)
-    flat = labels.reshape(n, -1)
-    is_root = (rep == torch.arange(rep.size(1), device=rep.device)) & (flat != NO_CLASS)
-    img = torch.arange(n, device=labels.device).unsqueeze(1).expand_as(flat)
-    idx = img[is_root] * num_classes + flat[is_root].long()
-    return torch.bincount(idx, minlength=n * num_classes).view(n, num_classes)
+    _check_components_args(labels, connectivity)
+    n, h, w = labels.shape
+    _, parent, run_starts = _union_runs(labels, connectivity)
+    run_label = labels.reshape(-1)[run_starts]
+    is_root = (parent == torch.arange(parent.numel(), device=parent.device)) & (run_label != NO_CLASS)
+    return masked_bincount(run_starts // (h * w) * num_classes + run_label, is_root, n * num_classes).view(
+        n, num_classes
+    )
 
 
-def soft_erode(x: Tensor) -> Tensor:
-    """clDice soft erosion (Shit et al. 2021): min over the 4-neighbour cross, frame neutral."""
-    p1 = -F.max_pool2d(-x, (3, 1), (1, 1), (1, 0))
-    p2 = -F.max_pool2d(-x, (1, 3), (1, 1), (0, 1))
-    return torch.minimum(p1, p2)
+def _erode_cross(x: Tensor) -> Tensor:
+    """uint8 erosion by the 4-neighbour cross with a neutral frame (clDice's ``soft_erode`` on 0/1 input)."""
+    p = F.pad(x, (1, 1, 1, 1), value=1)
+    return x & p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:]
 
 
-def soft_dilate(x: Tensor) -> Tensor:
-    return F.max_pool2d(x, (3, 3), (1, 1), (1, 1))
+def _open(x: Tensor) -> Tensor:
+    return window_reduce(_erode_cross(x), 1, torch.bitwise_or, 0)
 
 
-def soft_skeleton(x: Tensor, max_iter: int | None = None) -> Tensor:
-    """Soft skeleton of ``x [N, C, H, W]`` in [0, 1] by iterated soft opening (Shit et al. 2021).
-
-    For binary masks the skeleton is binary. Iterates until the eroded mask is empty (so the skeleton is
-    complete whatever the object thickness) or ``max_iter`` rounds.
+def binary_skeleton(mask: Tensor) -> Tensor:
+    """Skeleton of a boolean ``mask [..., H, W]``: identical to the soft skeleton of clDice (Shit et al.,
+    CVPR 2021; cross-shaped erosion, 3×3 opening) applied to a 0/1 mask, but in uint8 ops instead of float
+    max-pools. Runs until the mask is eroded away, so the skeleton is complete whatever the thickness.
     """
-    skel = F.relu(x - soft_dilate(soft_erode(x)))
-    limit = max_iter if max_iter is not None else max(x.shape[-2:])
-    for _ in range(limit):
-        eroded = soft_erode(x)
-        if torch.equal(eroded, x) or not bool(eroded.any()):  # nothing left to peel (a full-frame mask
-            break  # never erodes: the frame is neutral)
+    x = mask.to(torch.uint8)
+    skel = x > _open(x)
+    while True:
+        eroded = _erode_cross(x)
+        if not bool(eroded.any()) or torch.equal(eroded, x):  # gone, or fills the frame (never erodes)
+            return skel
         x = eroded
-        delta = F.relu(x - soft_dilate(soft_erode(x)))
-        skel = skel + F.relu(delta - skel * delta)
-    return skel
+        skel |= x > _open(x)
 
 
 def segmentation_labels(
     preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None, name: str
 ) -> tuple[Tensor, Tensor]:
-    """Validate a metric's ``update`` inputs and return int32 label maps ``(pred, gt)``, both ``[B, H, W]``.
+    """Validate a metric's ``update`` inputs and return label maps ``(pred, gt)``, both ``[B, H, W]``, in the
+    smallest signed dtype that holds the classes (int8 up to 127: the window ops are bandwidth-bound).
 
     ``preds`` is ``[B, H, W]`` class indices or ``[B, K, H, W]`` scores. Pixels where ``target ==
     ignore_index`` become ``NO_CLASS`` in *both* maps, so they belong to no class for pred and GT alike.
@@ -211,16 +241,25 @@ def segmentation_labels(
     if preds.dim() == target.dim() + 1:
         preds = preds.argmax(1)
     if preds.shape != target.shape or target.dim() != 3:
-        raise ValueError(f"{name}: preds {tuple(preds.shape)} vs target {tuple(target.shape)}, need [B, H, W]")
+        raise ValueError(
+            f"{name}: preds {tuple(preds.shape)} vs target {tuple(target.shape)}, need [B, H, W]"
+        )
     if preds.is_floating_point():
         raise ValueError(f"{name}: [B, H, W] preds must be class indices, got {preds.dtype}")
-    ignored = target == ignore_index if ignore_index is not None else torch.zeros_like(target, dtype=torch.bool)
-    for what, x in (("target", target[~ignored]), ("preds", preds)):
-        if x.numel() and (x.min() < 0 or x.max() >= num_classes):
+    ignored = (
+        target == ignore_index if ignore_index is not None else torch.zeros_like(target, dtype=torch.bool)
+    )
+    # Elementwise range checks: boolean indexing (nonzero) would cost more than the metric itself.
+    for what, x, bad in (
+        ("target", target, ~ignored & ((target < 0) | (target >= num_classes))),
+        ("preds", preds, (preds < 0) | (preds >= num_classes)),
+    ):
+        if bool(bad.any()):
             raise ValueError(
-                f"{name}: {what} values {sorted(set(x.unique().tolist()))} outside [0, {num_classes})"
+                f"{name}: {what} values {sorted(set(x[bad].unique().tolist()))} outside [0, {num_classes})"
                 + (f" and not ignore_index={ignore_index}" if what == "target" else "")
             )
-    gt = torch.where(ignored, NO_CLASS, target.int())
-    pred = torch.where(ignored, NO_CLASS, preds.int())
+    dtype = torch.int8 if num_classes <= 127 else torch.int16 if num_classes <= 32767 else torch.int32
+    gt = torch.where(ignored, NO_CLASS, target.to(dtype))
+    pred = torch.where(ignored, NO_CLASS, preds.to(dtype))
     return pred, gt

@@ -54,7 +54,9 @@ class SegModel(nn.Module):
         self.output_stride: int = int(self.net.encoder.output_stride)
         # Encoders such as mit_b* report a zero-channel level; it carries no feature to distill.
         self._stage_indices = [i for i, c in enumerate(self.net.encoder.out_channels) if i > 0 and c > 0]
-        self.stage_channels: tuple[int, ...] = tuple(self.net.encoder.out_channels[i] for i in self._stage_indices)
+        self.stage_channels: tuple[int, ...] = tuple(
+            self.net.encoder.out_channels[i] for i in self._stage_indices
+        )
 
     def check_input(self, x: Tensor) -> None:
         """Raise a clear error when the encoder cannot take an input of this size."""

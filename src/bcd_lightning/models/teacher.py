@@ -38,7 +38,9 @@ def load_checkpoint_file(path: str | Path, what: str = "Checkpoint", hint: str =
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise TeacherLoadError(f"{what} {path} could not be read (corrupt or not a checkpoint): {err}") from err
+        raise TeacherLoadError(
+            f"{what} {path} could not be read (corrupt or not a checkpoint): {err}"
+        ) from err
 
 
 class FrozenTeacher(nn.Module):

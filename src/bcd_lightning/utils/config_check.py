@@ -86,10 +86,7 @@ def _value(node: DictConfig, key: str) -> Any:
 
 
 def _check_type(path: str, value: Any, annotation: Any, default: Any = inspect.Parameter.empty) -> None:
-    if value is None:
-        ok = _allows_none(annotation) or default is None
-    else:
-        ok = _matches(value, annotation)
+    ok = (_allows_none(annotation) or default is None) if value is None else _matches(value, annotation)
     if not ok:
         expected = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
         raise ConfigError(f"Config key {path!r} = {value!r} has the wrong type: expected {expected}.")
@@ -160,11 +157,15 @@ def check_targets(node: Any, path: str = "") -> None:
             if key not in params:
                 if accepts_kwargs:
                     continue
-                raise ConfigError(f"Unknown key {child!r} for {target_name}.{_suggest(str(key), list(params))}")
+                raise ConfigError(
+                    f"Unknown key {child!r} for {target_name}.{_suggest(str(key), list(params))}"
+                )
             if key in hints and not isinstance(node._get_node(key), DictConfig):
                 _check_type(child, _value(node, key), hints[key], params[key].default)
         missing = [
-            n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in node and n != "args"
+            n
+            for n, p in params.items()
+            if p.default is inspect.Parameter.empty and n not in node and n != "args"
         ]
         if missing and not node.get("_partial_", False):
             raise ConfigError(f"{path or '<root>'}: missing required key(s) {missing} for {target_name}.")

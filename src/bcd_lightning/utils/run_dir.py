@@ -13,7 +13,18 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-GROUP_ORDER = ("data", "student", "teacher", "distill", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
+GROUP_ORDER = (
+    "data",
+    "student",
+    "teacher",
+    "distill",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+)
 
 
 def config_tree(cfg: DictConfig) -> Tree:
