@@ -23,8 +23,14 @@ train: ## The main job: teacher -> baseline student -> distilled students -> tab
 train-teacher: ## Train the embedded teacher and export its checkpoint (ARGS for Hydra overrides)
 	$(BIN)/bcd-train experiment=embedded/teacher $(ARGS)
 
-distill: ## Distill the embedded student from the exported teacher (ARGS, e.g. distill=kd)
-	$(BIN)/bcd-train experiment=embedded/kd $(ARGS)
+distill: ## Distill the embedded student with BCD from the exported teacher (ARGS for overrides)
+	$(BIN)/bcd-train experiment=embedded/bcd $(ARGS)
+
+results: ## Regenerate docs/results.md: the pipeline over 3 training seeds (about 25 min on 2 cores)
+	$(BIN)/bcd-pipeline --seeds 0,1,2 --results-doc docs/results.md $(ARGS)
+
+bench: ## Loss benchmarks (memory and time ratios, printed in one run)
+	$(BIN)/python scripts/bench_losses.py $(ARGS)
 
 eval: ## Evaluate a checkpoint: make eval CKPT=logs/.../checkpoints/best.ckpt
 	$(BIN)/bcd-eval ckpt_path=$(CKPT) $(ARGS)
@@ -50,4 +56,4 @@ clean: ## Remove caches and build artefacts (keeps logs and .venv)
 clean-logs: ## Remove all run directories under logs/ (including the exported teacher)
 	rm -rf logs/*
 
-.PHONY: help install train train-teacher distill eval test test-full lint format clean clean-logs
+.PHONY: help install train train-teacher distill results bench eval test test-full lint format clean clean-logs

@@ -106,10 +106,21 @@ def best_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> floa
 
 # ---------------------------------------------------------------------------------------------- context
 def context_case(
-    h: int, w: int, channels: int, batch: int, impl: str, device: str, repeats: int, seed: int = 0
+    h: int,
+    w: int,
+    channels: int,
+    batch: int,
+    impl: str,
+    device: str,
+    repeats: int,
+    seed: int = 0,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """One chunked or naive context-loss measurement (forward + backward) in this process."""
     from bcd_lightning.distill.functional import self_relation_kl, self_relation_kl_naive
+
+    if threads:
+        torch.set_num_threads(threads)
 
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -168,6 +179,7 @@ def bench_context(args: argparse.Namespace, device: torch.device) -> list[dict[s
                 "impl": impl,
                 "device": str(device),
                 "repeats": args.repeats,
+                "threads": args.threads,
             }
             row[impl] = context_case(**spec) if args.inprocess else _run_worker(spec)
         rows.append(row)
@@ -298,7 +310,10 @@ def print_table(
 
 def report_context(rows: list[dict[str, Any]], method: str, device: torch.device) -> None:
     table = []
-    notes = [f"peak memory: {method}; device: {device}; forward+backward, best of repeats"]
+    notes = [
+        f"peak memory: {method}; device: {device}, {torch.get_num_threads()} CPU threads; "
+        "forward+backward, best of repeats"
+    ]
     for r in rows:
         c, nv = r["chunked"], r["naive"]
         mem_ratio = time_ratio = "-"
@@ -341,7 +356,8 @@ def report_bcd(res: dict[str, Any], device: torch.device) -> None:
     table = [[r["what"], f"{r['time_s'] * 1e3:,.1f} ms", f"{100 * r['fraction']:.1f} %"] for r in res["rows"]]
     notes = [
         f"distillation step (student fwd+bwd + teacher fwd, no losses): {res['step_s'] * 1e3:,.1f} ms; "
-        f"device: {device}; loss times are their own forward+backward on detached student outputs",
+        f"device: {device}, {torch.get_num_threads()} CPU threads; loss times are their own forward+backward "
+        "on detached student outputs",
         "target: all BCD terms at default settings <= 10 % of the step",
     ]
     title = f"BCD loss cost, {res['size']}x{res['size']}, batch {res['batch']}, Unet-R18 -> Unet-MNv3s-0.5"
@@ -369,6 +385,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bcd-batch", type=int, default=8)
     p.add_argument("--bcd-strides", type=int, nargs="+", default=[8, 4, 2], help="context strides to cost")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default). Use 1 on a shared machine: with busy cores, OpenMP "
+        "threads spin-wait for each other and small ops take 10-40x longer, which makes timings meaningless",
+    )
     p.add_argument("--skip-context", action="store_true")
     p.add_argument("--skip-bcd", action="store_true")
     p.add_argument("--inprocess", action="store_true", help="measure context memory in this process")
@@ -378,11 +401,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.context_sizes, args.channels, args.batch = [(8, 8), (16, 16)], 16, 2
         args.bcd_size, args.bcd_batch, args.repeats, args.inprocess = 64, 2, 1, True
+        args.threads = args.threads or 1
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)  # main() also runs in-process (tests)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker is not None:
         print(json.dumps(context_case(**json.loads(args.worker))))
         return {}

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
+from support import FAST, compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-#: Tiny data and CSV logging so a run takes seconds.
-FAST = (
-    "data.train_set.num_samples=16",
-    "data.val_set.num_samples=8",
-    "data.test_set.num_samples=8",
-    "data.train_set.image_size=64",
-    "data.val_set.image_size=64",
-    "data.test_set.image_size=64",
-    "data.batch_size=4",
-    "logger=csv",
-    "print_config=false",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -35,11 +21,6 @@ def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    with initialize_config_module("bcd_lightning.conf", version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
 
 
 @pytest.fixture

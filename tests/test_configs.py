@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from bcd_lightning import builders
 from bcd_lightning.utils.config_check import ConfigError, check_config
-from conftest import compose_config
+from support import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GPU_TRAINERS = {"gpu", "ddp"}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from bcd_lightning.pipeline import run_pipeline
-from conftest import FAST
+from support import FAST
 
 
 def test_pipeline_trains_teacher_once_and_writes_table(tmp_path: Path, capsys) -> None:

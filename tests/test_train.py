@@ -13,7 +13,7 @@ import torch
 
 from bcd_lightning.evaluate import evaluate
 from bcd_lightning.train import train
-from conftest import FAST, compose_config
+from support import FAST, compose_config
 
 CLI_ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
 
@@ -56,7 +56,8 @@ def test_cli_fast_dev_run_teacher_and_distill(tmp_path: Path, teacher_state_file
 
 def test_cli_help_and_clear_error(tmp_path: Path) -> None:
     done = _cli(tmp_path, "--help")
-    assert done.returncode == 0 and "distill:" in done.stdout and "experiment:" in done.stdout
+    assert done.returncode == 0 and "distill: bcd, boundary, context, kd, none" in done.stdout
+    assert "experiment/embedded: baseline, bcd" in done.stdout and "bcd-train -m" in done.stdout
     done = _cli(tmp_path, "+trainer.max_epoch=1", "debug=fdr")
     assert done.returncode == 1
     assert "max_epochs" in done.stderr and "Traceback" not in done.stderr
@@ -89,4 +90,18 @@ def test_student_checkpoint_reloads_into_bcd_eval(make_cfg, tmp_path: Path) -> N
     # The eval config's own defaults differ (96 px, 96 images); the checkpoint's run config must win.
     metrics = evaluate(eval_cfg, overridden=set())
     assert metrics["mIoU"] == pytest.approx(result["test/mIoU"], abs=1e-6)
-    assert (tmp_path / "eval" / "metrics.json").is_file() and (tmp_path / "eval" / "per_class.csv").is_file()
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    header = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()[0]
+    assert header == "class,mIoU,boundary_iou,boundary_f,connectivity_err"
+    assert metrics["boundary_iou"] == pytest.approx(result["test/boundary_iou"], abs=1e-6)
+
+
+def test_cli_multirun_gives_each_job_its_own_dir(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "-m", "debug=fdr", "seed=0,1", *FAST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "debug" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    seeds = {(sweeps[0] / j / "config.yaml").read_text().split("seed: ")[1].split()[0] for j in jobs}
+    assert seeds == {"0", "1"}

@@ -73,19 +73,29 @@ def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, A
 
 
 def _report(metrics: dict[str, Any], output_dir: Path) -> None:
+    per_class = metrics["per_class_metrics"]
+    names = list(per_class)
     table = Table(title=f"{metrics['split']} split — {metrics['ckpt_path']}")
     table.add_column("class")
-    table.add_column("IoU", justify="right")
-    for name, value in metrics["per_class"].items():
-        table.add_row(name, f"{100 * value:.2f}" if value == value else "n/a")
-    table.add_row("[bold]mean[/bold]", f"[bold]{100 * metrics['mIoU']:.2f}[/bold]")
+    for name in names:
+        table.add_column(name, justify="right")
+    for cls in metrics["per_class"]:
+        table.add_row(cls, *(_fmt(name, per_class[name][cls]) for name in names))
+    table.add_row("[bold]mean[/bold]", *(f"[bold]{_fmt(name, metrics[name])}[/bold]" for name in names))
     Console().print(table)
     atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
     with open(output_dir / "per_class.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["class", "iou"])
-        writer.writerows(metrics["per_class"].items())
+        writer.writerow(["class", *names])
+        writer.writerows([cls, *(per_class[name][cls] for name in names)] for cls in metrics["per_class"])
     print(f"Saved {output_dir / 'metrics.json'} and per_class.csv")
+
+
+def _fmt(name: str, value: float) -> str:
+    """Percent for scores, plain for the connectivity error (a count); n/a for undefined."""
+    if value != value:
+        return "n/a"
+    return f"{value:.2f}" if name == "connectivity_err" else f"{100 * value:.2f}"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -26,7 +26,7 @@ from bcd_lightning.models import count_parameters
 from bcd_lightning.train import train
 from bcd_lightning.utils.run_dir import atomic_write_text
 
-DEFAULT_STUDENTS = ("baseline", "kd")
+DEFAULT_STUDENTS = ("baseline", "kd", "bcd")
 
 
 def compose_stage(stage: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:

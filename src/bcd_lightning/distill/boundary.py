@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 from torch import Tensor
@@ -18,6 +18,8 @@ from bcd_lightning.models.outputs import SegOutput
 
 
 def _check_stages(owner: str, stages: Sequence[int]) -> list[int]:
+    if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable):
+        raise ValueError(f"{owner}: option `stages` must be a list of stage indices, got {stages!r}")
     stages = list(stages)
     if not stages or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in stages):
         raise ValueError(
@@ -76,6 +78,10 @@ class BoundaryDistillation(DistillLoss):
         name = type(self).__name__
         self.stages = _check_stages(name, stages)
         if stage_weights is not None:
+            if isinstance(stage_weights, (str, bytes)) or not isinstance(stage_weights, Iterable):
+                raise ValueError(
+                    f"{name}: option `stage_weights` must be a list or null, got {stage_weights!r}"
+                )
             weights = list(stage_weights)
             if len(weights) != len(self.stages):
                 raise ValueError(
@@ -118,7 +124,10 @@ class BoundaryDistillation(DistillLoss):
         )
 
     def extra_repr(self) -> str:
-        return f"stages={self.stages}, stage_weights={self.stage_weights}, variant={self.variant!r}, dilation={self.dilation}"
+        return (
+            f"stages={self.stages}, stage_weights={self.stage_weights}, variant={self.variant!r}, "
+            f"dilation={self.dilation}, tau={self.tau}"
+        )
 
 
 class BoundaryWeightedKD(DistillLoss):

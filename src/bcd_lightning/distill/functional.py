@@ -286,7 +286,7 @@ class _ChunkedRelationKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, tau: float, chunk: int, need_grad: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, s: Tensor, t: Tensor, tau: float, chunk: int, need_grad: bool) -> Tensor:
         b, n, _ = s.shape
         scale = tau**2 / (b * n)
         s_t, t_t = s.transpose(1, 2), t.transpose(1, 2)
@@ -319,7 +319,7 @@ class _ChunkedRelationKL(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (grad,) = ctx.saved_tensors
         return (None if grad is None else grad * grad_out), None, None, None, None
 

@@ -1,0 +1,28 @@
+"""Helpers shared by tests (importable as ``support`` through pytest's ``pythonpath``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+#: Tiny data and CSV logging so a run takes seconds.
+FAST = (
+    "data.train_set.num_samples=16",
+    "data.val_set.num_samples=8",
+    "data.test_set.num_samples=8",
+    "data.train_set.image_size=64",
+    "data.val_set.image_size=64",
+    "data.test_set.image_size=64",
+    "data.batch_size=4",
+    "logger=csv",
+    "print_config=false",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+)
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    with initialize_config_module("bcd_lightning.conf", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
