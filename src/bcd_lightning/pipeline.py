@@ -111,7 +111,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name, runs in models.items():
         mious = [r["mIoU"] for r in runs]
-        means = {k: sum(r[k] for r in runs) / len(runs) for k in ("boundary_iou", "boundary_f", "connectivity_err")}
+        means = {
+            k: sum(r[k] for r in runs) / len(runs) for k in ("boundary_iou", "boundary_f", "connectivity_err")
+        }
         mean = sum(mious) / len(mious)
         std = (sum((m - mean) ** 2 for m in mious) / (len(mious) - 1)) ** 0.5 if len(mious) > 1 else 0.0
         classes = runs[0]["per_class"]
