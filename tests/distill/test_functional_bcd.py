@@ -246,6 +246,22 @@ def test_self_relation_kl_equals_naive(s_shape, t_shape, pool, chunk) -> None:
         assert_close(g_chunked, g_naive, rtol=tol, atol=tol * g_naive.abs().max().item())
 
 
+@pytest.mark.parametrize("tau", [0.01, 4.0])
+def test_self_relation_kl_equals_naive_at_extreme_temperatures(tau: float) -> None:
+    # τ < 1/64 takes the max-shifted path; large τ makes the rows nearly uniform.
+    s = randn(2, 6, 5, 7, dtype=torch.float64, grad=True, seed=19)
+    t = randn(2, 4, 5, 7, dtype=torch.float64, seed=20)
+    chunked = self_relation_kl(s, t, tau=tau, chunk_size=6)
+    (g_chunked,) = torch.autograd.grad(chunked, s)
+    naive = self_relation_kl_naive(s, t, tau=tau)
+    (g_naive,) = torch.autograd.grad(naive, s)
+    assert torch.isfinite(chunked) and chunked > 0
+    assert_close(chunked, naive, rtol=1e-10, atol=0)
+    assert_close(g_chunked, g_naive, rtol=1e-8, atol=1e-10 * g_naive.abs().max().item())
+    s32 = s.detach().float().requires_grad_(True)
+    assert torch.isfinite(self_relation_kl(s32, t.float(), tau=tau, chunk_size=6))
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.3])
 def test_self_relation_kl_matches_definition(tau: float) -> None:
     s = randn(2, 3, 8, 4, dtype=torch.float64, seed=13)
@@ -309,8 +325,15 @@ def test_chunked_relation_never_allocates_an_n_by_n_tensor() -> None:
     with LargestOutput() as naive:
         self_relation_kl_naive(s, t).backward()
     assert naive.largest >= n * n  # the probe sees full matrices when they exist
-    assert chunked.largest <= 10 * n
-    assert auto_chunk_size(2, 64 * 128) * 2 * 64 * 128 <= 4 * 2**20
+    assert chunked.largest <= 4 * 10 * n < n * n  # four [B, chunk, N] work blocks, allocated together
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize(("batch", "nodes", "channels"), [(2, 64 * 128, 256), (8, 128 * 128, 16), (1, 50, 8)])
+def test_auto_chunk_size_bounds_the_work_block(device: str, batch: int, nodes: int, channels: int) -> None:
+    rows = auto_chunk_size(batch, nodes, channels, device)
+    assert 1 <= rows <= nodes
+    assert batch * rows * nodes <= 4 * 2**20  # 16 MiB of fp32 per block, four blocks
 
 
 # ------------------------------------------------------------------------------------------- all losses

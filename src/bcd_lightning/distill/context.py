@@ -60,7 +60,7 @@ class ContextDistillation(DistillLoss):
         stride: node grid = input size / ``stride`` (average pooling); ``None`` keeps the decoder
             resolution. The cost is O(N²) in the number of nodes N, so this decides the price.
         max_nodes: optional cap on N, reached by pooling further.
-        chunk_size: rows per chunk (``None``: about 32 MiB of fp32 per chunk block).
+        chunk_size: rows per chunk (``None``: 16 MiB fp32 work blocks, 64 MiB in all).
         variant: ``"kl"`` or ``"mse"``.
 
     No parameters: relations are N×N whatever the channel counts.

@@ -56,10 +56,11 @@ def pixel_kd(
 
 #: Norm floor for per-pixel normalisation: a (near-)zero feature becomes the zero vector (affinity 0).
 NORM_EPS = 1e-6
-#: Automatic chunk size for the context loss: one ``[B, chunk, N]`` block holds at most this many elements
-#: (16 MiB of fp32; a chunk step keeps about four blocks alive). Below glibc's 32 MiB mmap ceiling, so CPU
-#: blocks are reused from the heap instead of being page-faulted in afresh for every chunk.
+#: Automatic chunk size for the context loss: one ``[B, chunk, N]`` work block holds at most this many
+#: elements (16 MiB of fp32); the loss keeps four such blocks, 64 MiB, whatever N is.
 CHUNK_ELEMENTS = 4 * 2**20
+#: Preferred block on CPU (4 MiB of fp32): small enough to stay in cache (see :func:`auto_chunk_size`).
+CPU_CACHE_ELEMENTS = 2**20
 BOUNDARY_VARIANTS = ("mse", "l1", "kl")
 
 
@@ -74,7 +75,10 @@ def _no_autocast(x: Tensor) -> torch.autocast:
 
 
 def _normalize_channels(x: Tensor, dim: int) -> Tensor:
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(NORM_EPS)
+    """``x / max(‖x‖, NORM_EPS)`` along ``dim``."""
+    # Same value as x / x.norm(...).clamp_min(eps), but a plain square-sum: torch's norm reduction over a
+    # non-innermost axis is ~10x slower on CPU.
+    return x * x.square().sum(dim, keepdim=True).clamp_min(NORM_EPS**2).rsqrt()
 
 
 def _resize_map(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -270,9 +274,18 @@ def _relation_nodes(
     return s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
 
 
-def auto_chunk_size(batch: int, nodes: int, max_elements: int = CHUNK_ELEMENTS) -> int:
-    """Rows per chunk so one ``[batch, chunk, nodes]`` block has at most ``max_elements`` elements."""
-    return max(1, min(nodes, max_elements // max(1, batch * nodes)))
+def auto_chunk_size(batch: int, nodes: int, channels: int = 0, device: torch.device | str = "cpu") -> int:
+    """Rows per chunk of the context loss: a ``[batch, chunk, nodes]`` block never exceeds
+    :data:`CHUNK_ELEMENTS` (16 MiB of fp32).
+
+    On CPU the block aims at :data:`CPU_CACHE_ELEMENTS` (4 MiB, cache-friendly for the ~12 elementwise
+    passes per block) but keeps at least ``channels`` rows, below which the rank-``chunk`` gradient updates
+    of the ``[B, N, C]`` gradient dominate. On GPUs the largest block amortises kernel launches.
+    """
+    per_row = max(1, batch * nodes)
+    cap = max(1, CHUNK_ELEMENTS // per_row)
+    rows = cap if torch.device(device).type != "cpu" else max(1, CPU_CACHE_ELEMENTS // per_row, channels)
+    return max(1, min(nodes, cap, rows))
 
 
 class _ChunkedRelationKL(torch.autograd.Function):
@@ -292,28 +305,39 @@ class _ChunkedRelationKL(torch.autograd.Function):
         s_t, t_t = s.transpose(1, 2), t.transpose(1, 2)
         grad = s.new_zeros(s.shape) if need_grad else None  # contiguous: baddbmm_ writes into row slices
         total = s.new_zeros(())
+        # Rows are unit vectors (or 0), so |logit| <= 1/τ: for τ >= 1/64 exp can neither overflow nor
+        # underflow in fp32 and the usual max-shift (two more passes over each block) is skipped.
+        shift = tau < 1 / 64
+        # Four [B, chunk, N] work blocks, allocated once: freeing and re-allocating them per chunk makes
+        # glibc hand the pages back to the OS and fault them in again (a large slowdown on CPU).
+        work = s.new_empty(4, b * chunk * n)
         for r0 in range(0, n, chunk):
             r1 = min(r0 + chunk, n)
-            # Shifted logits a - max_j a (1/τ applied to the small [B, chunk, C] rows); in-place ops keep
-            # at most four [B, chunk, N] blocks alive.
-            a_t = torch.bmm(t[:, r0:r1] / tau, t_t)
-            a_t -= a_t.amax(-1, keepdim=True)
-            p = a_t.exp()
+            a_t, p, a_s, e_s = (work[k, : b * (r1 - r0) * n].view(b, r1 - r0, n) for k in range(4))
+            # 1/τ is applied to the small [B, chunk, C] rows.
+            torch.bmm(t[:, r0:r1] / tau, t_t, out=a_t)
+            if shift:
+                a_t -= a_t.amax(-1, keepdim=True)
+            torch.exp(a_t, out=p)
             z_t = p.sum(-1, keepdim=True)
             p /= z_t
-            a_s = torch.bmm(s[:, r0:r1] / tau, s_t)
-            a_s -= a_s.amax(-1, keepdim=True)
-            e_s = a_s.exp()
+            torch.bmm(s[:, r0:r1] / tau, s_t, out=a_s)
+            if shift:
+                a_s -= a_s.amax(-1, keepdim=True)
+            torch.exp(a_s, out=e_s)
             z_s = e_s.sum(-1, keepdim=True)
-            # KL_i = Σ_j p_ij (a^T_ij - a^S_ij) + log z^S_i - log z^T_i, because Σ_j p_ij = 1.
-            total += a_t.sub_(a_s).mul_(p).sum() + (z_s.log() - z_t.log()).sum()
-            del a_s, a_t
+            # KL_i = Σ_j p_ij (a^T_ij - a^S_ij) + log z^S_i - log z^T_i, because Σ_j p_ij = 1 (a per-row
+            # shift of either logit cancels with its z).
+            total += torch.vdot(a_t.sub_(a_s).view(-1), p.view(-1)) + (z_s.log() - z_t.log()).sum()
             if grad is not None:
                 g = e_s.div_(z_s).sub_(p)  # R^S - R^T for the rows of this chunk
                 grad[:, r0:r1].baddbmm_(g, s, alpha=scale / tau)
                 grad.baddbmm_(g.transpose(1, 2), s[:, r0:r1], alpha=scale / tau)
-                del g
-            del e_s, p
+        del work
+        if grad is not None and grad.stride() != s.stride():
+            # Hand the gradient back in the layout of s (a [B, C, N] view): a channels-last gradient
+            # would make the pooling backward and the leaf accumulation much slower.
+            grad = torch.empty_like(s).copy_(grad)
         ctx.save_for_backward(grad)
         return total * scale
 
@@ -347,7 +371,7 @@ def self_relation_kl(
     with _no_autocast(student_feat):
         s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
         b, n, _ = s.shape
-        chunk = auto_chunk_size(b, n) if chunk_size is None else min(int(chunk_size), n)
+        chunk = auto_chunk_size(b, n, s.shape[2], s.device) if chunk_size is None else min(int(chunk_size), n)
         need_grad = torch.is_grad_enabled() and s.requires_grad
         return _ChunkedRelationKL.apply(s, t, float(tau), chunk, need_grad)
 
