@@ -21,44 +21,21 @@ def options(group: str) -> list[str]:
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
+#: Groups whose options are selected one by one below; ``paths`` and ``hydra`` only need to exist.
+SELECTABLE = (
+    "data", "student", "teacher", "distill", "optimizer", "scheduler", "trainer", "logger", "callbacks",
+    "experiment", "debug",
+)  # fmt: skip
+
+
 def test_every_group_has_options() -> None:
-    for group in (
-        "data",
-        "student",
-        "teacher",
-        "distill",
-        "optimizer",
-        "scheduler",
-        "trainer",
-        "logger",
-        "callbacks",
-        "experiment",
-        "debug",
-        "paths",
-        "hydra",
-    ):
+    for group in (*SELECTABLE, "paths", "hydra"):
         assert options(group), f"conf/{group} is empty"
 
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [
-        (g, o)
-        for g in (
-            "data",
-            "student",
-            "teacher",
-            "distill",
-            "optimizer",
-            "scheduler",
-            "trainer",
-            "logger",
-            "callbacks",
-            "experiment",
-            "debug",
-        )
-        for o in options(g)
-    ],
+    [(g, o) for g in SELECTABLE for o in options(g)],
 )
 def test_option_composes_checks_and_instantiates(group: str, option: str, tmp_path: Path) -> None:
     cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])
