@@ -105,3 +105,12 @@ def test_cli_multirun_gives_each_job_its_own_dir(tmp_path: Path) -> None:
     assert jobs == ["0", "1"]
     seeds = {(sweeps[0] / j / "config.yaml").read_text().split("seed: ")[1].split()[0] for j in jobs}
     assert seeds == {"0", "1"}
+
+
+def test_threads_option_sets_torch_threads(make_cfg) -> None:
+    before = torch.get_num_threads()
+    try:
+        train(make_cfg("debug=fdr", "threads=1"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

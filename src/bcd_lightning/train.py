@@ -32,6 +32,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = output_dir_of(cfg)
     save_and_print_config(cfg, output_dir, print_tree=cfg.get("print_config", True))
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
 

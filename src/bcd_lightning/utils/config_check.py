@@ -37,6 +37,7 @@ class RunSchema:
     export_best_to: str | None = None
     teacher_min_miou: float | None = None
     matmul_precision: str | None = None
+    threads: int | None = None
     compile: bool = False
     print_config: bool = True
     tags: list[str] = dataclasses.field(default_factory=list)
