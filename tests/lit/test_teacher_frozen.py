@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from bcd_lightning import builders
+from bcd_lightning.distill import DistillLoss
 from bcd_lightning.lit import DistillationModule
 
 
@@ -75,3 +77,20 @@ def test_teacher_moves_with_the_module_but_is_not_a_submodule(make_cfg, teacher_
     assert all(p.dtype == torch.float64 for p in module.teacher.parameters())
     module.train()
     assert not module.teacher.training and not any(m.training for m in module.teacher.modules())
+
+
+class NaNLoss(DistillLoss):
+    def forward(self, student, teacher, target, ignore_index=255):
+        return student.logits.sum() * float("nan")
+
+
+def test_non_finite_term_stops_the_step_naming_it(make_cfg, teacher_state_file: Path) -> None:
+    cfg = make_cfg("experiment=embedded/kd", f"teacher.ckpt={teacher_state_file}")
+    datamodule = builders.build_datamodule(cfg)
+    module = builders.build_module(cfg, datamodule)
+    module.distill_losses["broken"] = NaNLoss()
+    module.loss_weights["broken"] = 1.0
+    batch = next(iter(datamodule.train_dataloader()))
+    with pytest.raises(FloatingPointError, match=r"broken=nan") as info:
+        module.training_step(batch, 0)
+    assert "kd=" not in str(info.value)

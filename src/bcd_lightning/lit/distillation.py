@@ -113,17 +113,21 @@ class DistillationModule(SegmentationModule):
         n = len(target)
         total = self.cross_entropy(student_out.logits, target)
         self.log("train/loss/ce", total, on_step=True, on_epoch=True, batch_size=n)
+        raw_terms = {}
         for name, loss in self.distill_losses.items():
             raw = loss(student_out, teacher_out, target, self.ignore_index)
             weighted = self.loss_weights[name] * raw
-            if not torch.isfinite(raw):
-                raise FloatingPointError(
-                    f"Distillation loss {name!r} is {raw.item()} at step {self.global_step}; "
-                    "check its inputs (learning rate, temperature) or lower its weight."
-                )
+            raw_terms[name] = raw
             self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
             self.log(f"train/loss/{name}_weighted", weighted, on_step=True, on_epoch=True, batch_size=n)
             total = total + weighted
+        # One device sync per step (not one per term); the slow path names the culprit.
+        if not torch.isfinite(total):
+            bad = [f"{k}={v.item()}" for k, v in raw_terms.items() if not torch.isfinite(v)] or ["ce"]
+            raise FloatingPointError(
+                f"Non-finite loss at step {self.global_step}: {', '.join(bad)}; check the learning rate, "
+                "temperatures and loss weights."
+            )
         self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return total
 
