@@ -114,3 +114,16 @@ def test_threads_option_sets_torch_threads(make_cfg) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_bcd_eval_rejects_checkpoint_of_another_architecture(
+    teacher_state_file: Path, tmp_path: Path
+) -> None:
+    from bcd_lightning.models import TeacherLoadError
+
+    # A U-Net ResNet-18 state dict evaluated as the default (MobileNetV3) student.
+    cfg = compose_config(
+        [f"ckpt_path={teacher_state_file}", f"paths.output_dir={tmp_path}", "print_config=false"], "eval"
+    )
+    with pytest.raises(TeacherLoadError, match=r"does not match the architecture.*student=\.\.\."):
+        evaluate(cfg, overridden=set())

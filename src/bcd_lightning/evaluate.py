@@ -20,7 +20,7 @@ from rich.table import Table
 
 from bcd_lightning import builders
 from bcd_lightning.evaluation import evaluate_model, load_run_checkpoint
-from bcd_lightning.models.teacher import TeacherLoadError
+from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.utils.config_check import check_config
 from bcd_lightning.utils.errors import friendly_errors
 from bcd_lightning.utils.run_dir import atomic_write_text, save_and_print_config
@@ -53,12 +53,9 @@ def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, A
     save_and_print_config(cfg, output_dir, print_tree=cfg.get("print_config", False))
 
     model = builders.build_model(cfg.student)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise TeacherLoadError(
-            f"Checkpoint {cfg.ckpt_path} does not match student={cfg.student.arch}/{cfg.student.encoder_name}: "
-            f"missing {list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}."
-        )
+    load_weights_strict(
+        model, state, f"Checkpoint {cfg.ckpt_path}", "Override student=... to match the checkpoint."
+    )
     datamodule = builders.build_datamodule(cfg)
     loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}.get(cfg.split)
     if loader is None:

@@ -23,6 +23,7 @@ from rich.table import Table
 from bcd_lightning import builders
 from bcd_lightning.evaluation import evaluate_model, inference_ms_per_image, load_run_checkpoint
 from bcd_lightning.models import count_parameters
+from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.train import train
 from bcd_lightning.utils.run_dir import atomic_write_text
 
@@ -41,7 +42,7 @@ def score_checkpoint(cfg: DictConfig, ckpt: Path, role: str, label: str) -> dict
     """Test-split metrics, parameter count and CPU latency of the model stored in ``ckpt``."""
     state, _ = load_run_checkpoint(ckpt)
     model = builders.build_model(cfg.student)
-    model.load_state_dict(state, strict=True)
+    load_weights_strict(model, state, f"Checkpoint {ckpt}")
     datamodule = builders.build_datamodule(cfg)
     metrics = evaluate_model(
         model,

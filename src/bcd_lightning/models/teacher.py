@@ -43,6 +43,21 @@ def load_checkpoint_file(path: str | Path, what: str = "Checkpoint", hint: str =
         ) from err
 
 
+def load_weights_strict(model: SegModel, state: dict[str, Tensor], source: str, hint: str = "") -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is one clear error."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise TeacherLoadError(
+            f"{source} does not match the architecture ({model.arch}/{model.encoder_name}): "
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:5]}, {len(mismatched)} shape mismatches {mismatched[:5]}.{hint and ' ' + hint}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
 class FrozenTeacher(nn.Module):
     """Wraps a :class:`SegModel`; stays in eval mode and never takes gradients.
 
@@ -61,19 +76,12 @@ class FrozenTeacher(nn.Module):
     def load_strict(self, checkpoint: str | Path) -> None:
         raw = load_checkpoint_file(checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`.")
         state = extract_model_state(raw, str(checkpoint))
-        own = self.model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        if missing or unexpected or mismatched:
-            raise TeacherLoadError(
-                f"Teacher checkpoint {checkpoint} does not match the teacher architecture "
-                f"({self.model.arch}/{self.model.encoder_name}): "
-                f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
-                f"{unexpected[:5]}, {len(mismatched)} shape mismatches {mismatched[:5]}. "
-                "Check teacher.model matches the config the teacher was trained with."
-            )
-        self.model.load_state_dict(state, strict=True)
+        load_weights_strict(
+            self.model,
+            state,
+            f"Teacher checkpoint {checkpoint}",
+            "Check teacher.model matches the config the teacher was trained with.",
+        )
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         # Lightning and user code call train(); the teacher stays in eval whatever is asked.
