@@ -29,11 +29,27 @@ distill: ## Distill the embedded student with BCD from the exported teacher (ARG
 results: ## Regenerate docs/results.md: the pipeline over 3 training seeds (about 25 min on 2 cores)
 	$(BIN)/bcd-pipeline --seeds 0,1,2 --results-doc docs/results.md $(ARGS)
 
-bench: ## Loss benchmarks (memory and time ratios, printed in one run)
+compare: ## Every method x seeds 0,1,2 (one teacher, one schedule) -> docs/results.{md,csv,png} (~45 min, 2 cores)
+	$(BIN)/python scripts/compare.py $(ARGS)
+
+tune: ## Optuna search of BCD's loss weights and taus on the val split (ARGS="hydra.sweeper.n_trials=40")
+	$(BIN)/bcd-train -m experiment=embedded/bcd hparams_search=bcd_optuna $(ARGS)
+
+sweep: ## Example sweep: KD vs BCD x 2 seeds, 2 local jobs in parallel, then a mean +- std table
+	d=logs/sweep_example/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%N); \
+	$(BIN)/bcd-train -m experiment=embedded/bcd distill=kd,bcd seed=0,1 task_name=sweep_example \
+		hydra/launcher=parallel hydra.launcher.n_jobs=2 threads=1 hydra.sweep.dir=$$d $(ARGS) && \
+	$(BIN)/python scripts/aggregate_runs.py $$d
+
+bench: ## Loss and step benchmarks (ARGS: bench_losses.py, STEP_ARGS: bench_step.py, e.g. --write-doc)
 	$(BIN)/python scripts/bench_losses.py $(ARGS)
+	$(BIN)/python scripts/bench_step.py $(STEP_ARGS)
 
 eval: ## Evaluate a checkpoint: make eval CKPT=logs/.../checkpoints/best.ckpt
 	$(BIN)/bcd-eval ckpt_path=$(CKPT) $(ARGS)
+
+export: ## Export a student for deployment (TorchScript + ONNX): make export CKPT=logs/.../checkpoints/best.ckpt
+	$(BIN)/bcd-export $(CKPT) $(ARGS)
 
 test: ## Fast test suite (< 15 min on 2 cores)
 	WANDB_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/pytest -q $(ARGS)
@@ -56,4 +72,4 @@ clean: ## Remove caches and build artefacts (keeps logs and .venv)
 clean-logs: ## Remove all run directories under logs/ (including the exported teacher)
 	rm -rf logs/*
 
-.PHONY: help install train train-teacher distill results bench eval test test-full lint format clean clean-logs
+.PHONY: export help install train train-teacher distill results compare tune sweep bench eval test test-full lint format clean clean-logs

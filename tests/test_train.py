@@ -56,7 +56,10 @@ def test_cli_fast_dev_run_teacher_and_distill(tmp_path: Path, teacher_state_file
 
 def test_cli_help_and_clear_error(tmp_path: Path) -> None:
     done = _cli(tmp_path, "--help")
-    assert done.returncode == 0 and "distill: bcd, boundary, context, kd, none" in done.stdout
+    assert (
+        done.returncode == 0
+        and "distill: bcd, boundary, cirkd, context, cwd, ifvd, kd, none, skd" in done.stdout
+    )
     assert "experiment/embedded: baseline, bcd" in done.stdout and "bcd-train -m" in done.stdout
     done = _cli(tmp_path, "+trainer.max_epoch=1", "debug=fdr")
     assert done.returncode == 1

@@ -2,11 +2,14 @@
 
 The checkpoint carries the config of the run that wrote it; its ``data`` and ``student`` groups are
 reused unless given on the command line (``data=...``, ``student=...`` or any ``data.*`` key).
+``inference`` selects whole-image or sliding-window inference and flip / multi-scale test-time
+augmentation (:mod:`bcd_lightning.inference`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bcd_lightning import builders
+from bcd_lightning.callbacks.confusion import save_confusion_matrix
 from bcd_lightning.evaluation import evaluate_model, load_run_checkpoint
+from bcd_lightning.inference import InferenceConfig
 from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.utils.config_check import check_config
 from bcd_lightning.utils.errors import friendly_errors
@@ -49,6 +54,7 @@ def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, A
     state, run_config = load_run_checkpoint(cfg.ckpt_path)
     cfg = merge_run_config(cfg, run_config, _overridden_groups() if overridden is None else overridden)
     check_config(cfg)
+    inference = InferenceConfig.from_config(builders.plain(cfg.get("inference")))
     output_dir = Path(cfg.paths.output_dir)
     save_and_print_config(cfg, output_dir, print_tree=cfg.get("print_config", False))
 
@@ -62,17 +68,34 @@ def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, A
         raise ValueError(f"split={cfg.split!r} is not one of 'val', 'test'")
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu"
     metrics = evaluate_model(
-        model, loader(), datamodule.num_classes, datamodule.class_names, datamodule.ignore_index, device
+        model,
+        loader(),
+        datamodule.num_classes,
+        datamodule.class_names,
+        datamodule.ignore_index,
+        device,
+        inference,
     )
-    metrics.update(ckpt_path=str(cfg.ckpt_path), split=cfg.split)
+    metrics.update(ckpt_path=str(cfg.ckpt_path), split=cfg.split, inference=inference.as_dict())
     _report(metrics, output_dir)
+    save_confusion_matrix(
+        torch.tensor(metrics["confusion_matrix"]),
+        datamodule.class_names,
+        output_dir / "confusion_matrix.png",
+        title=f"{cfg.split} split (mIoU {100 * metrics['mIoU']:.2f})",
+    )
     return metrics
 
 
 def _report(metrics: dict[str, Any], output_dir: Path) -> None:
     per_class = metrics["per_class_metrics"]
     names = list(per_class)
-    table = Table(title=f"{metrics['split']} split — {metrics['ckpt_path']}")
+    views = metrics["inference"]
+    how = views["mode"] + (f" {views['window']} stride {views['stride']}" if views["mode"] == "slide" else "")
+    how += (" + flip" if views["flip"] else "") + (
+        f" scales {views['scales']}" if views["scales"] != [1.0] else ""
+    )
+    table = Table(title=f"{metrics['split']} split — {metrics['ckpt_path']}", caption=f"inference: {how}")
     table.add_column("class")
     for name in names:
         table.add_column(name, justify="right")
@@ -81,11 +104,12 @@ def _report(metrics: dict[str, Any], output_dir: Path) -> None:
     table.add_row("[bold]mean[/bold]", *(f"[bold]{_fmt(name, metrics[name])}[/bold]" for name in names))
     Console().print(table)
     atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
-    with open(output_dir / "per_class.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["class", *names])
-        writer.writerows([cls, *(per_class[name][cls] for name in names)] for cls in metrics["per_class"])
-    print(f"Saved {output_dir / 'metrics.json'} and per_class.csv")
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["class", *names])
+    writer.writerows([cls, *(per_class[name][cls] for name in names)] for cls in metrics["per_class"])
+    atomic_write_text(output_dir / "per_class.csv", rows.getvalue())
+    print(f"Saved {output_dir / 'metrics.json'}, per_class.csv and confusion_matrix.png")
 
 
 def _fmt(name: str, value: float) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bcd_lightning.inference import InferenceConfig, predict_scores
 from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel
 from bcd_lightning.models.teacher import extract_model_state, load_checkpoint_file
@@ -24,19 +25,30 @@ def evaluate_model(
     class_names: Sequence[str],
     ignore_index: int = 255,
     device: str | torch.device = "cpu",
+    inference: InferenceConfig | None = None,
 ) -> dict[str, Any]:
     """Every :class:`SegMetrics` value of ``model`` over ``loader`` (eval mode, no grad).
 
-    Returns the scalar metrics, ``per_class`` (IoU per class) and ``per_class_metrics`` (all metrics).
+    ``inference`` picks whole-image or sliding-window inference and test-time augmentation (default:
+    one whole-image forward pass, exactly what validation and test do in training).
+
+    Returns the scalar metrics, ``per_class`` (IoU per class), ``per_class_metrics`` (all metrics) and
+    ``confusion_matrix`` (rows: ground truth, columns: prediction; pixel counts, ignored pixels left out).
     """
     was_training = model.training
     model.eval().to(device)
     metrics = SegMetrics(num_classes, ignore_index).to(device)
     for batch in loader:
-        metrics.update(model(batch["image"].to(device)).logits.argmax(1), batch["mask"].to(device))
+        scores = predict_scores(model, batch["image"].to(device), inference)
+        metrics.update(scores.argmax(1), batch["mask"].to(device))
     model.train(was_training)
     per_class = metrics.per_class(class_names)
-    return {**metrics.compute(), "per_class": per_class["mIoU"], "per_class_metrics": per_class}
+    return {
+        **metrics.compute(),
+        "per_class": per_class["mIoU"],
+        "per_class_metrics": per_class,
+        "confusion_matrix": metrics.metrics["mIoU"].confmat.tolist(),
+    }
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bcd_lightning import builders
+from bcd_lightning.aggregate import mean_std
 from bcd_lightning.evaluation import evaluate_model, inference_ms_per_image, load_run_checkpoint
 from bcd_lightning.models import count_parameters
 from bcd_lightning.models.teacher import load_weights_strict
@@ -111,12 +112,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         models.setdefault(r["model"], []).append(r)
     out = []
     for name, runs in models.items():
-        mious = [r["mIoU"] for r in runs]
+        mean, std = mean_std(r["mIoU"] for r in runs)
         means = {
-            k: sum(r[k] for r in runs) / len(runs) for k in ("boundary_iou", "boundary_f", "connectivity_err")
+            k: mean_std(r[k] for r in runs)[0] for k in ("boundary_iou", "boundary_f", "connectivity_err")
         }
-        mean = sum(mious) / len(mious)
-        std = (sum((m - mean) ** 2 for m in mious) / (len(mious) - 1)) ** 0.5 if len(mious) > 1 else 0.0
         classes = runs[0]["per_class"]
         out.append(
             {

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from bcd_lightning import builders
+from bcd_lightning.aggregate import method_name, write_run_record
+from bcd_lightning.callbacks.step_timer import MEDIAN_KEY, batch_geometry
 from bcd_lightning.utils.config_check import ConfigError, check_config
 from bcd_lightning.utils.errors import friendly_errors
+from bcd_lightning.utils.overrides import precheck_overrides
+from bcd_lightning.utils.resume import LIGHTNING_NAMES, check_checkpoint_matches, resolve_ckpt_path
 from bcd_lightning.utils.run_dir import atomic_copy, save_and_print_config
 
 
@@ -26,10 +32,21 @@ def output_dir_of(cfg: DictConfig) -> Path:
         ) from err
 
 
+def _log_dir(cfg: DictConfig) -> Path | None:
+    try:
+        return Path(cfg.paths.log_dir)
+    except Exception:  # only used for a hint in an error message
+        return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) one run; returns the final metrics and the best checkpoint path."""
     check_config(cfg)
     output_dir = output_dir_of(cfg)
+    # Before any work: a missing, empty or corrupt checkpoint fails now, in one line.
+    ckpt_path = resolve_ckpt_path(
+        cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", False), _log_dir(cfg)
+    )
     save_and_print_config(cfg, output_dir, print_tree=cfg.get("print_config", True))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
@@ -39,12 +56,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = builders.build_datamodule(cfg)
     module = builders.build_module(cfg, datamodule)
+    if ckpt_path and ckpt_path not in LIGHTNING_NAMES:
+        check_checkpoint_matches(ckpt_path, module)
+        print(f"Resuming from {ckpt_path}")
     callbacks = builders.build_callbacks(cfg)
     loggers = builders.build_loggers(cfg)
     trainer = builders.build_trainer(cfg, callbacks, loggers)
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test", True):
@@ -57,11 +77,65 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 )
             atomic_copy(Path(best), Path(cfg.export_best_to))
             print(f"Best checkpoint exported to {cfg.export_best_to}")
+        metrics.update(run_summary(cfg, trainer, best))
+        if trainer.is_global_zero:
+            write_run_record(output_dir, run_record(cfg, metrics, best))
+            _summarize_wandb(trainer, metrics)
     finally:
         _finish_wandb()
     metrics["best_model_path"] = best
     metrics["output_dir"] = str(output_dir)
     return metrics
+
+
+def run_summary(cfg: DictConfig, trainer: L.Trainer, best: str) -> dict[str, float]:
+    """Best monitored score (``<monitor>_best``, e.g. ``val/mIoU_best``) and the batch geometry."""
+    summary: dict[str, float] = {}
+    ckpt = trainer.checkpoint_callback
+    monitor = getattr(ckpt, "monitor", None)
+    if monitor:
+        score = ckpt.best_model_score
+        if score is None and best:  # ddp_spawn: the score stays in the worker, the checkpoint has it
+            score = _best_score_in_checkpoint(Path(best))
+        if score is not None:
+            summary[f"{monitor}_best"] = float(score)
+    per_device = (cfg.get("data") or {}).get("batch_size")
+    if per_device is not None:
+        summary.update({f"batch/{k}": v for k, v in batch_geometry(trainer, per_device).items()})
+    return summary
+
+
+def _best_score_in_checkpoint(path: Path) -> float | None:
+    state = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {})
+    scores = [v.get("best_model_score") for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    return next((float(s) for s in scores if s is not None), None)
+
+
+def run_record(cfg: DictConfig, metrics: dict[str, Any], best: str) -> dict[str, Any]:
+    """The content of ``metrics.json``: who the run is (method, seed, task) and its final numbers."""
+    return {
+        "method": method_name(cfg),
+        "seed": int(cfg.seed),
+        "task_name": str(cfg.task_name),
+        "overrides": _hydra_overrides(),
+        "best_model_path": best,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+    }
+
+
+def _hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _summarize_wandb(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+    """Best / final numbers into the wandb run summary (only where the run lives in this process)."""
+    for logger in trainer.loggers:
+        # `_experiment` is None where the run lives in a worker (ddp_spawn): don't start a second run here.
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            keys = ("_best", "test/", "batch/", MEDIAN_KEY)
+            logger.experiment.summary.update({k: v for k, v in metrics.items() if any(s in k for s in keys)})
 
 
 def _finish_wandb() -> None:
@@ -77,10 +151,22 @@ def _finish_wandb() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @friendly_errors
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    # The value Hydra sweepers (Optuna) optimise.
-    return metrics.get("val/mIoU")
+    # The value Hydra sweepers (Optuna) optimise: `optimized_metric` (e.g. val/mIoU_best) when set.
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return metrics.get("val/mIoU")
+    if name not in metrics:
+        available = sorted(k for k, v in metrics.items() if isinstance(v, float))
+        raise ConfigError(f"optimized_metric={name!r} was not logged by this run. Available: {available}")
+    return metrics[name]
+
+
+def main() -> None:
+    """``bcd-train``: a typo in a key or group option fails in one line (with the valid ones) first."""
+    friendly_errors(precheck_overrides)("train", sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

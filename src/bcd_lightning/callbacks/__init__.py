@@ -1,5 +1,7 @@
 """Lightning callbacks of the framework."""
 
+from bcd_lightning.callbacks.confusion import ConfusionMatrixPlot
+from bcd_lightning.callbacks.panels import ValidationPanels
 from bcd_lightning.callbacks.teacher_guard import TeacherGuard, state_digest
 
-__all__ = ["TeacherGuard", "state_digest"]
+__all__ = ["ConfusionMatrixPlot", "TeacherGuard", "ValidationPanels", "state_digest"]

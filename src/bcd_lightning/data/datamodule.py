@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from bcd_lightning.data.resumable_loader import ResumableDataLoader
+
+
+class WithIndex(Dataset):
+    """``dataset`` whose items also carry ``"index"``: the sample's position (teacher-output cache key).
+
+    Items that already have an ``"index"`` are passed through unchanged.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        return item if "index" in item else {**item, "index": index}
 
 
 class SegDataModule(L.LightningDataModule):
@@ -21,6 +42,12 @@ class SegDataModule(L.LightningDataModule):
         num_workers: data-loading worker processes per GPU.
         pin_memory: ``None`` pins only when CUDA is available.
         drop_last: drop the last incomplete training batch (keeps BatchNorm statistics sane).
+        root: where the data lives (configs interpolate it into each split as ``${data.root}``).
+        shuffle_seed: seeds the training shuffle (its own generator, saved in checkpoints so a resumed
+            run sees the same batches); ``None``: ``torch.initial_seed()``, i.e. the run's ``seed``.
+
+    ``class_names`` defaults to the training set's ``class_names`` when it has them, and a training set
+    that knows its ``num_classes`` must agree with ``num_classes``.
     """
 
     def __init__(
@@ -36,8 +63,18 @@ class SegDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         drop_last: bool = True,
+        root: str | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.root = root
+        own = getattr(train_set, "num_classes", None)
+        if isinstance(own, int) and own != num_classes:
+            raise ValueError(
+                f"data.num_classes={num_classes} but the training set {train_set!r} has {own} classes: "
+                f"set data.num_classes={own}."
+            )
+        class_names = class_names or getattr(train_set, "class_names", None) or None
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.train_set, self.val_set = train_set, val_set
@@ -54,6 +91,9 @@ class SegDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.drop_last = drop_last
+        self.shuffle_seed = shuffle_seed
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict | None = None
         if drop_last and len(train_set) < batch_size:
             raise ValueError(
                 f"data.batch_size={batch_size} is larger than the training set ({len(train_set)} samples) "
@@ -61,18 +101,44 @@ class SegDataModule(L.LightningDataModule):
             )
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
+        seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+        # Own generators (shuffle order, worker seeds): iterating never draws from the global RNG,
+        # and the training loader's position goes into checkpoints (exact resume, see state_dict).
+        common: dict[str, Any] = dict(
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and self.drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed + 1),
         )
+        if not train:
+            return DataLoader(dataset, shuffle=False, **common)
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        return ResumableDataLoader(dataset, sampler=sampler, drop_last=self.drop_last, **common)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        # Training batches carry "index" (the sample's position) for the teacher-output cache.
+        loader = self._loader(WithIndex(self.train_set), self.batch_size, train=True)
+        if self._train_loader_state is not None and isinstance(loader, ResumableDataLoader):
+            loader.restore(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position (Lightning saves it in every checkpoint)."""
+        if self._train_loader is None:
+            return {}
+        trainer = getattr(self, "trainer", None)
+        length = trainer.num_training_batches if trainer is not None else None
+        return {"train_loader": self._train_loader.resume_state(length)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the loader position; applied when ``train_dataloader`` next builds the loader."""
+        self._train_loader_state = state_dict.get("train_loader")
+        if self._train_loader_state and self._train_loader_state.get("skip"):
+            # Lightning warns a mid-epoch resume is inexact for loaders it cannot restore; this one is.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size, train=False)

@@ -312,6 +312,9 @@ class SyntheticSegmentation(Dataset):
     Items are ``{"image": float32 [3, H, W], "mask": int64 [H, W]}``.
     """
 
+    #: Sample ``i`` is the same tensor every time (no random augmentation): the teacher-output cache
+    #: may store the teacher's outputs per index (see :mod:`bcd_lightning.teacher_cache`).
+    deterministic: bool = True
     num_classes: int = len(CLASS_NAMES)
     class_names: tuple[str, ...] = CLASS_NAMES
     ignore_index: int = 255  # never present in these masks; kept for interface parity with real datasets
@@ -418,6 +421,16 @@ class SyntheticSegmentation(Dataset):
             if self.normalize:
                 image = (image - self._mean) / self._std
             return {"image": image, "mask": mask}
+
+    def cache_identity(self) -> dict[str, object]:
+        """Everything that decides the samples' content (a teacher-output cache key ingredient)."""
+        return {
+            "class": "SyntheticSegmentation",
+            "num_samples": self.num_samples,
+            "image_size": list(self.image_size),
+            "seed": self.seed,
+            "normalize": self.normalize,
+        }
 
     def __repr__(self) -> str:
         h, w = self.image_size

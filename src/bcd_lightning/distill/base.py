@@ -6,10 +6,9 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from bcd_lightning.models.outputs import SegOutput
+from bcd_lightning.models.outputs import OUTPUT_FIELDS, SegOutput
 
-#: SegOutput fields a loss may read.
-OUTPUT_FIELDS = frozenset({"logits", "stages", "decoder"})
+__all__ = ["OUTPUT_FIELDS", "DistillLoss", "teacher_fields"]
 
 
 class DistillLoss(nn.Module):
@@ -17,9 +16,28 @@ class DistillLoss(nn.Module):
 
     Subclasses set ``uses`` (which SegOutput fields they read) and implement ``forward``. Adapters, if
     any, are submodules of the loss and are trained with the student but never exported with it.
+
+    The teacher fast path computes only the teacher fields the configured losses read: ``teacher_uses``
+    when a loss sets it (it reads fewer teacher fields than student fields), else ``uses``. The
+    teacher-output cache stores, per training sample, :meth:`teacher_cache_entries` when a loss
+    defines them (compact, precomputed quantities it then reads from ``teacher.cached``), else the raw
+    teacher fields it uses.
     """
 
     uses: ClassVar[frozenset[str]] = frozenset({"logits"})
+    #: Fields read from the *teacher* output; ``None``: the same as ``uses``.
+    teacher_uses: ClassVar[frozenset[str] | None] = None
+
+    def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor] | None:
+        """What this loss needs from the teacher, as ``name -> [B, ...]`` tensors, or ``None``.
+
+        ``None`` (default): the cache stores the raw teacher fields the loss uses. Otherwise ``forward``
+        must work from a teacher output whose ``cached`` holds exactly these entries (and which has
+        only the raw fields not replaced by them). Names are global: two losses returning the same name
+        must mean the same tensor (e.g. one stage's boundary map at one dilation), so it is stored once.
+        ``student`` is a live student output (only its shapes may be used).
+        """
+        return None
 
     def forward(
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
@@ -28,3 +46,15 @@ class DistillLoss(nn.Module):
 
     def check_compatible(self, student_stages: int, teacher_stages: int) -> None:
         """Raise ``ValueError`` naming the option when the models lack something this loss reads."""
+
+
+def teacher_fields(loss: DistillLoss) -> frozenset[str]:
+    """The teacher SegOutput fields ``loss`` reads; a ``ValueError`` names the loss if they are invalid."""
+    fields = loss.uses if loss.teacher_uses is None else loss.teacher_uses
+    fields = frozenset(fields)
+    if not fields or not fields <= OUTPUT_FIELDS:
+        raise ValueError(
+            f"{type(loss).__name__}: `uses`/`teacher_uses` must be a non-empty subset of "
+            f"{sorted(OUTPUT_FIELDS)}, got {sorted(fields)}"
+        )
+    return fields

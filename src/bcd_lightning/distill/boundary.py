@@ -11,6 +11,7 @@ from bcd_lightning.distill.base import DistillLoss
 from bcd_lightning.distill.functional import (
     BOUNDARY_VARIANTS,
     boundary_distillation,
+    boundary_map,
     boundary_weighted_kd,
     fused_boundary_map,
 )
@@ -40,6 +41,24 @@ def _check_positive(owner: str, name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"{owner}: option `{name}` must be a number > 0, got {value!r}")
     return float(value)
+
+
+def boundary_map_name(stage: int, dilation: int) -> str:
+    """Teacher-output cache entry of one stage's boundary map (shared by every loss that reads it)."""
+    return f"boundary_map/stage{stage}/dilation{dilation}"
+
+
+def teacher_boundary_maps(teacher: SegOutput, stages: Sequence[int], dilation: int) -> dict[str, Tensor]:
+    """``{boundary_map_name: [B, H, W] map}`` of the teacher's ``stages`` (what the cache stores)."""
+    return {
+        boundary_map_name(i, dilation): boundary_map(teacher.stages[i].detach(), dilation) for i in stages
+    }
+
+
+def _teacher_stage_inputs(teacher: SegOutput, stages: Sequence[int], dilation: int) -> list[Tensor] | None:
+    """The cached ``[B, H, W]`` teacher boundary maps of ``stages``, or ``None`` for a live teacher."""
+    maps = [teacher.cached.get(boundary_map_name(i, dilation)) for i in stages]
+    return None if any(m is None for m in maps) else maps
 
 
 def _stages_error(owner: str, stages: list[int], available: dict[str, int]) -> ValueError:
@@ -110,13 +129,22 @@ class BoundaryDistillation(DistillLoss):
                 type(self).__name__, self.stages, {"student": student_stages, "teacher": teacher_stages}
             )
 
+    def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor]:
+        # The loss reads the teacher's stages only through their channel-free boundary maps.
+        return teacher_boundary_maps(teacher, self.stages, self.dilation)
+
     def forward(
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
     ) -> Tensor:
-        self.check_compatible(len(student.stages), len(teacher.stages))
+        teacher_maps = _teacher_stage_inputs(teacher, self.stages, self.dilation)
+        if teacher_maps is None:
+            self.check_compatible(len(student.stages), len(teacher.stages))
+            teacher_maps = [teacher.stages[i] for i in self.stages]
+        else:
+            self.check_compatible(len(student.stages), max(self.stages) + 1)
         return boundary_distillation(
             [student.stages[i] for i in self.stages],
-            [teacher.stages[i] for i in self.stages],
+            teacher_maps,
             self.stage_weights,
             variant=self.variant,
             dilation=self.dilation,
@@ -156,13 +184,18 @@ class BoundaryWeightedKD(DistillLoss):
         if max(self.stages) >= teacher_stages:
             raise _stages_error(type(self).__name__, self.stages, {"teacher": teacher_stages})
 
+    def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor]:
+        # Per-stage maps, not the fused one: tiny, shared with BoundaryDistillation, fused at loss time.
+        return {"logits": teacher.logits, **teacher_boundary_maps(teacher, self.stages, self.dilation)}
+
     def forward(
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
     ) -> Tensor:
-        self.check_compatible(len(student.stages), len(teacher.stages))
-        weight = fused_boundary_map(
-            [teacher.stages[i].detach() for i in self.stages], student.logits.shape[-2:], self.dilation
-        )
+        maps = _teacher_stage_inputs(teacher, self.stages, self.dilation)
+        if maps is None:
+            self.check_compatible(len(student.stages), len(teacher.stages))
+            maps = [teacher.stages[i].detach() for i in self.stages]
+        weight = fused_boundary_map(maps, student.logits.shape[-2:], self.dilation)
         return boundary_weighted_kd(
             student.logits, teacher.logits, weight, self.tau, valid_mask=target != ignore_index
         )

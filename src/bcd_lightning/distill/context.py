@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from bcd_lightning.distill.base import DistillLoss
@@ -67,6 +68,8 @@ class ContextDistillation(DistillLoss):
     """
 
     uses: ClassVar[frozenset[str]] = frozenset({"decoder", "logits"})
+    # The student's logits give the input size; from the teacher only the decoder feature is read.
+    teacher_uses: ClassVar[frozenset[str] | None] = frozenset({"decoder"})
 
     def __init__(
         self,
@@ -93,6 +96,9 @@ class ContextDistillation(DistillLoss):
     def forward(
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
     ) -> Tensor:
+        cached = self._cached_nodes(student, teacher)
+        if cached is not None:
+            teacher = SegOutput(logits=teacher.logits, decoder=cached)
         if student.decoder is None or teacher.decoder is None:
             missing = "student" if student.decoder is None else "teacher"
             raise ValueError(
@@ -100,15 +106,50 @@ class ContextDistillation(DistillLoss):
                 "(SegOutput.decoder is None); this loss needs it."
             )
         s, t = student.decoder, teacher.decoder
-        grid = node_grid(
+        grid = self._grid(student, t)
+        if self.variant == "kl":
+            return self_relation_kl(s, t, self.tau, chunk_size=self.chunk_size, grid=grid)
+        return cosine_relation_mse(s, t, grid=grid)
+
+    def _grid(self, student: SegOutput, teacher_decoder: Tensor) -> tuple[int, int]:
+        s, t = student.decoder, teacher_decoder
+        assert s is not None and student.logits is not None
+        return node_grid(
             (student.logits.shape[-2], student.logits.shape[-1]),
             [(s.shape[-2], s.shape[-1]), (t.shape[-2], t.shape[-1])],
             self.stride,
             self.max_nodes,
         )
-        if self.variant == "kl":
-            return self_relation_kl(s, t, self.tau, chunk_size=self.chunk_size, grid=grid)
-        return cosine_relation_mse(s, t, grid=grid)
+
+    def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor]:
+        # The loss reads the teacher decoder only after average-pooling it to the node grid, so the
+        # pooled (un-normalised) feature is all it needs: 32x32 nodes instead of the full-size map. The
+        # grid also depends on the student's decoder size, hence its place in the name.
+        if teacher.decoder is None or student.decoder is None:
+            raise ValueError(f"{type(self).__name__}: a decoder feature is missing (SegOutput.decoder).")
+        grid = self._grid(student, teacher.decoder)
+        t = teacher.decoder.detach()
+        pooled = t if tuple(t.shape[-2:]) == grid else F.adaptive_avg_pool2d(t.float(), grid)
+        return {f"{self._entry_prefix()}{grid[0]}x{grid[1]}": pooled}
+
+    def _entry_prefix(self) -> str:
+        return f"decoder_nodes/stride{self.stride}/max_nodes{self.max_nodes}/"
+
+    def _cached_nodes(self, student: SegOutput, teacher: SegOutput) -> Tensor | None:
+        """The cached pooled teacher decoder of this loss's node grid, if the teacher output has it."""
+        prefix = self._entry_prefix()
+        for name, value in teacher.cached.items():
+            if name.startswith(prefix) and student.decoder is not None:
+                # Pooling a grid-sized map to the same grid is the identity, so reuse is exact; a
+                # student with another decoder size would need another grid (and another cache).
+                if self._grid(student, value) != tuple(value.shape[-2:]):
+                    raise ValueError(
+                        f"{type(self).__name__}: the cached teacher nodes {tuple(value.shape[-2:])} do not "
+                        "match this student's node grid; the teacher-output cache was filled for another "
+                        "student decoder size."
+                    )
+                return value
+        return None
 
     def extra_repr(self) -> str:
         return (

@@ -155,7 +155,7 @@ def boundary_distillation(
     ``D`` per variant: ``"mse"`` mean over pixels and batch of ``(b^S - b^T)²``; ``"l1"`` mean of
     ``|b^S - b^T|``; ``"kl"`` ``τ² · mean_batch KL(softmax(b^T/τ) ‖ softmax(b^S/τ))`` with the softmax
     over the H·W positions of each map. ``stage_weights=None`` gives ``w_l = 1/L``. Teacher inputs are
-    treated as constants (detached).
+    treated as constants (detached); a ``[B, H, W]`` teacher entry is taken as its boundary map.
     """
     if variant not in BOUNDARY_VARIANTS:
         raise ValueError(
@@ -171,7 +171,8 @@ def boundary_distillation(
     weights = _check_stage_weights(stage_weights, len(student_stages), "boundary_distillation")
     total: Tensor | None = None
     for w, fs, ft in zip(weights, student_stages, teacher_stages, strict=True):
-        b_t = boundary_map(ft.detach(), dilation)
+        # A [B, H, W] teacher entry is its boundary map already (precomputed, e.g. teacher-output cache).
+        b_t = _upcast(ft.detach()) if ft.dim() == 3 else boundary_map(ft.detach(), dilation)
         b_s = _resize_map(boundary_map(fs, dilation), b_t.shape[-2:])
         with _no_autocast(b_s):
             if variant == "mse":

@@ -10,18 +10,22 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.distill.adapters import bind_adapters
+from bcd_lightning.distill.base import DistillLoss, teacher_fields
+from bcd_lightning.distill.schedules import WeightSchedule, as_schedule, scheduled_weight
 from bcd_lightning.lit.segmentation import SegmentationModule
 from bcd_lightning.metrics import SegmentationIoU
-from bcd_lightning.models import FrozenTeacher, SegModel
+from bcd_lightning.models import FrozenTeacher, SegModel, SegOutput
+from bcd_lightning.teacher_cache import TeacherCache
 
 
 @dataclass
 class LossTerm:
-    """One entry of ``distill.losses``: the loss module and its weight in the total."""
+    """One entry of ``distill.losses``: the loss module, its weight in the total and its schedule."""
 
     loss: DistillLoss
     weight: float = 1.0
+    schedule: WeightSchedule | Mapping[str, Any] | None = None
 
 
 class TeacherQualityError(RuntimeError):
@@ -29,7 +33,7 @@ class TeacherQualityError(RuntimeError):
 
 
 class DistillationModule(SegmentationModule):
-    """``L = CE(z_S, y) + Σ_name weight_name · loss_name(S, T)``.
+    """``L = CE(z_S, y) + Σ_name weight_name(step) · loss_name(S, T)``.
 
     The teacher is deliberately *not* a registered submodule: it is absent from ``parameters()`` (so
     from the optimizer and from DDP's gradient sync), from ``state_dict()`` (so from checkpoints), and
@@ -38,8 +42,11 @@ class DistillationModule(SegmentationModule):
     Args:
         student: the model being trained.
         teacher: the frozen teacher (same class count as the student).
-        losses: name → :class:`LossTerm` (or a mapping with ``loss`` and ``weight``).
+        losses: name → :class:`LossTerm` (or a mapping with ``loss``, ``weight`` and ``schedule``, see
+            :mod:`bcd_lightning.distill.schedules`; ``weight_name(step)`` is its scheduled weight).
         teacher_min_miou: stop before fitting when the teacher's val mIoU is below this value.
+        teacher_cache: optional teacher-output cache, opened (and filled once) at fit start; training
+            steps then read the teacher's outputs from it instead of running the teacher.
         **kwargs: see :class:`SegmentationModule`.
     """
 
@@ -49,6 +56,7 @@ class DistillationModule(SegmentationModule):
         teacher: FrozenTeacher,
         losses: Mapping[str, LossTerm | Mapping[str, Any]],
         teacher_min_miou: float | None = None,
+        teacher_cache: TeacherCache | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model=student, **kwargs)
@@ -59,6 +67,7 @@ class DistillationModule(SegmentationModule):
             )
         object.__setattr__(self, "teacher", teacher)
         terms = {name: t if isinstance(t, LossTerm) else LossTerm(**dict(t)) for name, t in losses.items()}
+        schedules: dict[str, WeightSchedule] = {}
         for name, term in terms.items():
             if not isinstance(term.loss, DistillLoss):
                 raise TypeError(
@@ -66,13 +75,18 @@ class DistillationModule(SegmentationModule):
                 )
             try:
                 term.loss.check_compatible(len(student.stage_channels), len(teacher.model.stage_channels))
+                bind_adapters(term.loss, student, teacher)  # builds adapters (e.g. 1x1 convs) from widths
+                schedule = as_schedule(term.schedule)
             except ValueError as err:
                 raise ValueError(f"distill.losses.{name}: {err}") from err
+            schedules[name] = schedule
         # Registered so adapters (if a loss has any) train with the student and resume with it.
         self.distill_losses = nn.ModuleDict({name: t.loss for name, t in terms.items()})
         self.loss_weights = {name: float(t.weight) for name, t in terms.items()}
+        self.loss_schedules = schedules
         self.teacher_min_miou = teacher_min_miou
         self.teacher_val_miou: float | None = None
+        self.teacher_cache = teacher_cache
 
     # --- the teacher stays frozen -------------------------------------------------------------------
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> DistillationModule:
@@ -91,6 +105,8 @@ class DistillationModule(SegmentationModule):
                 f"Teacher val mIoU {self.teacher_val_miou:.4f} is below teacher_min_miou="
                 f"{self.teacher_min_miou}: is teacher.ckpt the right checkpoint for teacher.model?"
             )
+        if self.teacher_cache is not None:
+            self._prepare_teacher_cache()
 
     @torch.no_grad()
     def _score_teacher(self) -> float:
@@ -102,34 +118,82 @@ class DistillationModule(SegmentationModule):
             if limit is not None and i >= limit:
                 break
             batch = self.transfer_batch_to_device(batch, self.device, 0)
-            metric.update(self.teacher(batch["image"]).logits.argmax(1), batch["mask"])
+            metric.update(self.teacher(batch["image"], outputs={"logits"}).logits.argmax(1), batch["mask"])
         return float(metric.compute())  # mIoU only: this runs once, before fitting
 
     # --- training -----------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        snapshot = self.nonfinite_guard.snapshot(self)  # nonfinite=skip only: BatchNorm statistics
         image, target = batch["image"], batch["mask"]
         student_out = self.model(image)
-        teacher_out = self.teacher(image)
+        teacher_out = self._teacher_outputs(batch)
         n = len(target)
         total = self.cross_entropy(student_out.logits, target)
         self.log("train/loss/ce", total, on_step=True, on_epoch=True, batch_size=n)
         raw_terms = {}
         for name, loss in self.distill_losses.items():
             raw = loss(student_out, teacher_out, target, self.ignore_index)
-            weighted = self.loss_weights[name] * raw
+            weight = self.weight_at(name, self.global_step)
+            weighted = weight * raw
+            self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
             raw_terms[name] = raw
             self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
             self.log(f"train/loss/{name}_weighted", weighted, on_step=True, on_epoch=True, batch_size=n)
             total = total + weighted
-        # One device sync per step (not one per term); the slow path names the culprit.
+        # One device sync per step (not one per term); the slow path names the culprit and its weight.
         if not torch.isfinite(total):
-            bad = [f"{k}={v.item()}" for k, v in raw_terms.items() if not torch.isfinite(v)] or ["ce"]
-            raise FloatingPointError(
-                f"Non-finite loss at step {self.global_step}: {', '.join(bad)}; check the learning rate, "
-                "temperatures and loss weights."
-            )
+            weights = {name: self.weight_at(name, self.global_step) for name in raw_terms}
+            terms = {"ce": self.cross_entropy(student_out.logits, target), **raw_terms}
+            return self.nonfinite_guard.on_nonfinite(self, terms, weights, snapshot)
         self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return total
+
+    def weight_at(self, name: str, step: int) -> float:
+        """Effective weight of loss ``name`` at optimizer step ``step`` (a pure function: resumes exactly)."""
+        # A term added after construction (only weight set) is constant.
+        schedule = self.loss_schedules.get(name) or WeightSchedule()
+        return scheduled_weight(self.loss_weights[name], schedule, step)
+
+    # --- teacher fast path and teacher-output cache -------------------------------------------------
+    @property
+    def teacher_fields(self) -> frozenset[str]:
+        """Teacher fast path: only the fields some loss reads are computed (and kept alive)."""
+        fields = frozenset().union(*(teacher_fields(loss) for loss in self.distill_losses.values()))
+        return fields or frozenset({"logits"})
+
+    def _teacher_outputs(self, batch: Mapping[str, Tensor]) -> SegOutput:
+        """What the losses read from the teacher: from the cache when it is open, else a forward pass
+        of only the fields they use (``teacher.precision`` autocast, no grad)."""
+        if self.teacher_cache is not None and self.teacher_cache.ready:
+            if "index" not in batch:
+                raise KeyError(
+                    "teacher.cache is on but the training batch has no 'index' (sample positions): "
+                    "use SegDataModule's train_dataloader or wrap the dataset in data.datamodule.WithIndex."
+                )
+            return self.teacher_cache.lookup(batch["index"], self.device)
+        return self.teacher(batch["image"], outputs=self.teacher_fields)
+
+    def _prepare_teacher_cache(self) -> None:
+        """Open the teacher-output cache; rank 0 fills it first when it does not exist yet."""
+        assert self.teacher_cache is not None
+        trainer, datamodule = self.trainer, self.trainer.datamodule
+        kwargs = dict(
+            teacher=self.teacher,
+            student=self.model,
+            losses=dict(self.distill_losses.items()),
+            dataset=datamodule.train_set,
+            batch_size=datamodule.batch_size,
+            device=self.device,
+            num_workers=datamodule.num_workers,
+            log=lambda msg: Console().print(msg),
+        )
+        if trainer.world_size > 1 and not trainer.is_global_zero:
+            trainer.strategy.barrier("teacher_cache")
+            self.teacher_cache.prepare(**kwargs, may_fill=False)
+            return
+        self.teacher_cache.prepare(**kwargs)
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("teacher_cache")
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bcd_lightning.lit.nonfinite import NonFiniteGuard
 from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
 from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel, SegOutput
@@ -23,6 +25,7 @@ class SegmentationModule(L.LightningModule):
         optimizer, scheduler: plain config values (see :mod:`bcd_lightning.lit.optim`).
         config: the composed run config as a plain dict, stored in the checkpoint so ``bcd-eval`` can
             rebuild the model from the checkpoint alone.
+        nonfinite: ``stop`` or ``skip`` a training step whose loss is NaN/inf (:mod:`.nonfinite`).
     """
 
     def __init__(
@@ -34,6 +37,7 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
         scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         if model.num_classes != num_classes:
@@ -46,6 +50,7 @@ class SegmentationModule(L.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.optimizer_cfg = _as_dataclass(OptimizerConfig, optimizer)
         self.scheduler_cfg = _as_dataclass(SchedulerConfig, scheduler)
+        self.nonfinite_guard = NonFiniteGuard(nonfinite)
         # Plain values only: checkpoints load with torch's weights_only=True.
         self.save_hyperparameters(
             {
@@ -66,9 +71,12 @@ class SegmentationModule(L.LightningModule):
             return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
         return logits.sum() * 0.0  # an all-ignored crop contributes nothing, without NaN
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        snapshot = self.nonfinite_guard.snapshot(self)
         out = self.model(batch["image"])
         loss = self.cross_entropy(out.logits, batch["mask"])
+        if not torch.isfinite(loss):
+            return self.nonfinite_guard.on_nonfinite(self, {"ce": loss}, snapshot=snapshot)
         self.log("train/loss/ce", loss, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
         self.log(
             "train/loss/total",
@@ -79,6 +87,12 @@ class SegmentationModule(L.LightningModule):
             batch_size=len(batch["mask"]),
         )
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_guard"] = self.nonfinite_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_guard.load_state_dict(checkpoint.get("nonfinite_guard", {}))
 
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str) -> None:
         logits = self.model(batch["image"]).logits

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from bcd_lightning.models.outputs import SegOutput
-from bcd_lightning.models.seg_model import SegModel
+from bcd_lightning.models.seg_model import SegModel, check_output_fields
+
+#: ``teacher.precision`` values and the autocast dtype each selects (``None``: plain fp32).
+TEACHER_PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def parse_precision(precision: str | int) -> str:
+    """``32`` / ``"32"``, ``"bf16"``, ``16`` / ``"16"``; a ``ValueError`` names the setting otherwise."""
+    key = str(precision)
+    if key not in TEACHER_PRECISIONS:
+        raise ValueError(
+            f"teacher.precision must be one of {list(TEACHER_PRECISIONS)} (32, bf16 or 16), got {precision!r}"
+        )
+    return key
 
 
 class TeacherLoadError(RuntimeError):
@@ -63,11 +78,21 @@ class FrozenTeacher(nn.Module):
 
     ``train(True)`` is ignored, every parameter has ``requires_grad=False`` and the forward pass runs
     under ``torch.no_grad()`` (not ``inference_mode``, whose tensors cannot enter autograd later).
+
+    Args:
+        model: the teacher network.
+        checkpoint: loaded strictly when given.
+        precision: ``"32"`` (default), ``"bf16"`` or ``"16"``: autocast for the teacher's forward alone
+            (the student keeps the trainer's precision). Outputs are returned in fp32 either way, so the
+            losses see the same dtype; only the teacher's arithmetic is cheaper.
     """
 
-    def __init__(self, model: SegModel, checkpoint: str | Path | None = None) -> None:
+    def __init__(
+        self, model: SegModel, checkpoint: str | Path | None = None, precision: str | int = "32"
+    ) -> None:
         super().__init__()
         self.model = model
+        self.precision = parse_precision(precision)
         if checkpoint is not None:
             self.load_strict(checkpoint)
         self.model.requires_grad_(False)
@@ -87,9 +112,21 @@ class FrozenTeacher(nn.Module):
         # Lightning and user code call train(); the teacher stays in eval whatever is asked.
         return super().train(False)
 
-    def forward(self, x: Tensor) -> SegOutput:
-        with torch.no_grad():
-            return self.model(x)
+    def forward(self, x: Tensor, outputs: Collection[str] | None = None) -> SegOutput:
+        """The teacher's :class:`SegOutput`; only the fields in ``outputs`` when given (see SegModel)."""
+        if outputs is not None:
+            check_output_fields(outputs)
+        dtype = TEACHER_PRECISIONS[self.precision]
+        autocast = nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype)
+        with torch.no_grad(), autocast:
+            out = self.model(x, outputs=outputs)
+        if dtype is None:
+            return out
+        return SegOutput(
+            logits=None if out.logits is None else out.logits.float(),
+            stages=tuple(s.float() for s in out.stages),
+            decoder=None if out.decoder is None else out.decoder.float(),
+        )
 
     @property
     def num_classes(self) -> int:

@@ -34,12 +34,15 @@ class RunSchema:
     train: bool = True
     test: bool = True
     ckpt_path: str | None = None
+    auto_resume: bool = False  # resume from <run dir>/checkpoints/last.ckpt when it exists
+    nonfinite: typing.Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run or skips the step
     export_best_to: str | None = None
     teacher_min_miou: float | None = None
     matmul_precision: str | None = None
     threads: int | None = None
     compile: bool = False
     print_config: bool = True
+    optimized_metric: str | None = None  # the value bcd-train returns to a Hydra sweeper
     tags: list[str] = dataclasses.field(default_factory=list)
     # Groups; their content is checked against the targets they instantiate.
     data: Any = None
@@ -55,6 +58,7 @@ class RunSchema:
     extras: Any = None
     # eval.yaml only
     split: str = "test"
+    inference: Any = None  # checked by bcd_lightning.inference.InferenceConfig
 
 
 def _suggest(key: str, valid: Sequence[str]) -> str:
@@ -89,8 +93,20 @@ def _value(node: DictConfig, key: str) -> Any:
 def _check_type(path: str, value: Any, annotation: Any, default: Any = inspect.Parameter.empty) -> None:
     ok = (_allows_none(annotation) or default is None) if value is None else _matches(value, annotation)
     if not ok:
-        expected = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        raise ConfigError(f"Config key {path!r} = {value!r} has the wrong type: expected {expected}.")
+        raise ConfigError(
+            f"Config key {path!r} = {value!r} has the wrong type: expected {_type_name(annotation)}."
+        )
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``int or null``, ``'stop' or 'skip'``: what a user can type."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names + (["null"] if type(None) in args else []))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _allows_none(annotation: Any) -> bool:

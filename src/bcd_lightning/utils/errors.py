@@ -27,7 +27,8 @@ def _message(err: BaseException) -> str:
     # Hydra wraps a target's exception; the innermost message is the one written for the user.
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__
-    return f"{type(err).__name__}: {err}".strip()
+    # One line: a message spanning lines (torch, Lightning) is joined, so logs and grep keep it whole.
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def friendly_errors(fn: F) -> F:
@@ -40,8 +41,10 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
-            Console(stderr=True).print(f"[bold red]error:[/bold red] {_message(err)}", highlight=False)
-            Console(stderr=True).print("[dim](set BCD_DEBUG=1 for the full traceback)[/dim]")
+            # soft_wrap: never break the line at the terminal width (80 columns when piped).
+            console = Console(stderr=True, soft_wrap=True)
+            console.print(f"[bold red]error:[/bold red] {_message(err)}", highlight=False, markup=True)
+            console.print("[dim](set BCD_DEBUG=1 for the full traceback)[/dim]")
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,152 @@
+"""Which checkpoint a run resumes from, checked before any work starts.
+
+``ckpt_path`` accepts:
+
+* ``null``: start from scratch;
+* ``last``: ``<this run dir>/checkpoints/last.ckpt``. Every ``bcd-train`` gets a new run directory, so
+  continue an earlier run in place with ``hydra.run.dir=<its run dir> ckpt_path=last``;
+* a run directory (``logs/<task>/runs/<time>``) or its ``checkpoints/`` folder: its ``last.ckpt``,
+  continued in a new run directory;
+* a ``.ckpt`` file.
+
+``auto_resume=true`` resumes from ``<this run dir>/checkpoints/last.ckpt`` when it exists and starts
+from scratch otherwise: one command for a job that a scheduler may restart (fix ``hydra.run.dir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bcd_lightning.utils.config_check import ConfigError
+
+#: Lightning's own symbolic checkpoint names, passed through untouched.
+LIGHTNING_NAMES = {"best", "hpc", "registry"}
+
+
+class ResumeError(ConfigError):
+    """The checkpoint to resume from is missing, unreadable or belongs to another model."""
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def resolve_ckpt_path(
+    ckpt_path: str | None, output_dir: Path, auto_resume: bool = False, log_dir: Path | None = None
+) -> str | None:
+    """The checkpoint file to resume from (validated), or ``None`` to start from scratch."""
+    own_last = checkpoint_dir(output_dir) / "last.ckpt"
+    if auto_resume:
+        if ckpt_path not in (None, "last"):
+            raise ResumeError(
+                f"auto_resume=true resumes from {own_last} by itself; drop ckpt_path={ckpt_path!r} "
+                "(or set auto_resume=false to resume from that checkpoint)."
+            )
+        remove_stale_temp_files(own_last.parent)
+        if not own_last.is_file():
+            return None
+        check_checkpoint_file(own_last)
+        return str(own_last)
+    if ckpt_path is None or ckpt_path in LIGHTNING_NAMES:
+        return ckpt_path
+    if ckpt_path == "last":
+        if not own_last.is_file():
+            raise ResumeError(
+                f"ckpt_path=last: no checkpoint at {own_last} (this run's new directory). "
+                "To continue an earlier run add hydra.run.dir=<its run directory>, or pass "
+                f"ckpt_path=<its run directory or a .ckpt file>.{_latest_hint(log_dir)}"
+            )
+        path = own_last
+    else:
+        path = Path(ckpt_path).expanduser()
+        if path.is_dir():
+            inner = path / "last.ckpt" if path.name == "checkpoints" else checkpoint_dir(path) / "last.ckpt"
+            if not inner.is_file():
+                raise ResumeError(f"ckpt_path={ckpt_path}: the directory has no {inner.relative_to(path)}.")
+            path = inner
+    remove_stale_temp_files(path.parent)
+    check_checkpoint_file(path)
+    return str(path)
+
+
+def _latest_hint(log_dir: Path | None) -> str:
+    """`` Most recent: <path>`` over ``<log_dir>/**/checkpoints/last.ckpt``, or nothing."""
+    if log_dir is None or not Path(log_dir).is_dir():
+        return ""
+    found = [p for p in Path(log_dir).glob("**/checkpoints/last.ckpt") if p.is_file()]
+    if not found:
+        return ""
+    latest = max(found, key=lambda p: p.stat().st_mtime)
+    return f" Most recent last.ckpt under {log_dir}: {latest}"
+
+
+def load_checkpoint_lazily(path: Path) -> dict[str, Any]:
+    """``torch.load`` memory-mapped (cheap for big files); one clear error per failure mode."""
+    if not path.exists():
+        raise ResumeError(f"ckpt_path: checkpoint not found: {path}.")
+    if not path.is_file():
+        raise ResumeError(f"ckpt_path: {path} is not a file.")
+    if path.stat().st_size == 0:
+        raise ResumeError(
+            f"ckpt_path: checkpoint {path} is empty (0 bytes): it was never written completely. "
+            "Resume from an earlier checkpoint."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise ResumeError(
+            f"ckpt_path: checkpoint {path} could not be read (truncated, corrupt or not a PyTorch "
+            f"file): {first_line(err)}"
+        ) from err
+
+
+def check_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A readable Lightning *training* checkpoint (weights plus loop and optimizer state)."""
+    checkpoint = load_checkpoint_lazily(path)
+    needed = ("state_dict", "loops", "optimizer_states")
+    missing = [k for k in needed if not isinstance(checkpoint, Mapping) or k not in checkpoint]
+    if missing:
+        raise ResumeError(
+            f"ckpt_path: {path} is not a Lightning training checkpoint (no {', '.join(missing)}): a "
+            "plain weights file cannot resume a run. Use it as teacher.ckpt, or with bcd-eval."
+        )
+    return checkpoint
+
+
+def check_checkpoint_matches(path: str | Path, module: nn.Module) -> None:
+    """Fail with one line when the checkpoint's weights do not fit ``module`` (a mixed-up run)."""
+    state = load_checkpoint_lazily(Path(path))["state_dict"]
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        raise ResumeError(
+            f"ckpt_path: {path} belongs to another model or distillation setup: {len(missing)} missing "
+            f"keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, {len(mismatched)} "
+            f"shape mismatches {mismatched[:5]}. Resume with the config the checkpoint was trained with "
+            "(it is stored in <run dir>/config.yaml)."
+        )
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete temporary files a killed checkpoint write left behind (see utils.checkpoint_io)."""
+    if directory.is_dir():
+        for tmp in directory.glob(".*.ckpt.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception message (torch's can span many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if ". " in text:  # torch appends paragraphs of advice to the one sentence that matters
+        text = text.split(". ", 1)[0] + "."
+    return text if len(text) <= 300 else text[:297] + "..."

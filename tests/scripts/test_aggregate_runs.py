@@ -1,0 +1,35 @@
+"""scripts/aggregate_runs.py on a fabricated sweep: table on stdout, files, crashed jobs, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "aggregate_runs.py"
+_spec = importlib.util.spec_from_file_location("aggregate_runs", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+aggregate_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(aggregate_runs)
+
+
+def test_cli_tables_a_sweep_and_reports_crashed_jobs(tmp_path: Path, capsys) -> None:
+    for job, (method, seed, miou) in enumerate([("kd", 0, 0.5), ("kd", 1, 0.7), ("bcd", 0, 0.9)]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        record = {"method": method, "seed": seed, "metrics": {"test/mIoU": miou}}
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps(record))
+    (tmp_path / "3" / ".hydra").mkdir(parents=True)  # crashed: no metrics.json
+    code = aggregate_runs.main(
+        [str(tmp_path), "--csv", str(tmp_path / "t.csv"), "--md", str(tmp_path / "t.md")]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "| kd | 2 | 60.00 ± 14.14 |" in out and "| bcd | 1 | 90.00 |" in out  # std of 0.5, 0.7
+    assert "no metrics.json in" in err and str(tmp_path / "3") in err
+    assert (tmp_path / "t.md").read_text() == out
+    assert (tmp_path / "t.csv").read_text().splitlines()[1].startswith("kd,2,0.6")
+
+
+def test_cli_fails_in_one_line_without_runs(tmp_path: Path, capsys) -> None:
+    assert aggregate_runs.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: No metrics.json under")
