@@ -26,8 +26,8 @@ train-teacher: ## Train the embedded teacher and export its checkpoint (ARGS for
 distill: ## Distill the embedded student with BCD from the exported teacher (ARGS for overrides)
 	$(BIN)/bcd-train experiment=embedded/bcd $(ARGS)
 
-results: ## Regenerate docs/results.md: the pipeline over 3 training seeds (about 25 min on 2 cores)
-	$(BIN)/bcd-pipeline --seeds 0,1,2 --results-doc docs/results.md $(ARGS)
+results: ## Regenerate docs/results.{md,csv,png}: the method comparison (same as make compare)
+	$(MAKE) compare ARGS="$(ARGS)"
 
 compare: ## Every method x seeds 0,1,2 (one teacher, one schedule) -> docs/results.{md,csv,png} (~45 min, 2 cores)
 	$(BIN)/python scripts/compare.py $(ARGS)

@@ -210,3 +210,23 @@ def test_sigkilled_run_resumes_with_ckpt_path_last(tmp_path: Path) -> None:
     final = torch.load(last, weights_only=True)
     assert final["epoch"] == 3 and final["global_step"] == 4 * 4
     assert not list(last.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(make_cfg, teacher_state_file) -> None:
+    """Lightning's ``save_last`` rewrites last.ckpt only together with a new best; a crashed run would then
+    resume from the last *best* epoch. The ``last_checkpoint`` callback writes it after every epoch."""
+    cfg = make_cfg(
+        "distill=kd",
+        f"teacher.ckpt={teacher_state_file}",
+        # The teacher's val mIoU is the same every epoch: epoch 0 stays the best, so no new best is saved.
+        "callbacks.model_checkpoint.monitor=val/teacher_mIoU",
+        "trainer.max_epochs=3",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "callbacks.panels.enabled=false",
+    )
+    out = Path(train(cfg)["output_dir"]) / "checkpoints"
+    best = torch.load(out / "best.ckpt", weights_only=True)
+    last = torch.load(out / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0
+    assert last["epoch"] == 2 and last["global_step"] == 3 * best["global_step"]

@@ -43,6 +43,9 @@ class DDPProbe(L.Callback):
             "distributed_sampler": isinstance(loader.sampler, DistributedSampler),
             "train_batches": len(loader),
         }
+        # Evaluation samplers split the split without padding (no sample counted twice).
+        val_sampler = trainer.datamodule.val_dataloader().sampler
+        info["val_indices"] = list(iter(val_sampler))
         Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(info))
 
 
@@ -57,6 +60,7 @@ def test_ddp_sim_distillation_is_exact_and_never_syncs_the_teacher(
         "logger=csv",
         "trainer.max_epochs=1",
         "test=false",
+        "data.val_set.num_samples=7",  # odd: a padding sampler would count one image twice
         f"teacher.ckpt={teacher_state_file}",
         "+callbacks.probe._target_=test_scale_out.DDPProbe",
         f"+callbacks.probe.out_dir={probe_dir}",
@@ -70,6 +74,7 @@ def test_ddp_sim_distillation_is_exact_and_never_syncs_the_teacher(
         assert info["world_size"] == 2 and info["is_ddp"] and info["distributed_sampler"]
         assert info["teacher_params_synced"] == 0 and info["student_params_missing"] == 0
         assert info["train_batches"] == 16 // 2 // 4
+    assert sorted(ranks[0]["val_indices"] + ranks[1]["val_indices"]) == list(range(7))
 
     # One run directory, one best and one last checkpoint (no per-rank copies).
     assert [p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "probe"] == ["run"]
