@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
@@ -94,6 +95,14 @@ def test_ddp_sim_distillation_is_exact_and_never_syncs_the_teacher(
     )
     assert result["val/mIoU_best"] == pytest.approx(single["mIoU"], abs=1e-6)
     assert result["val/mIoU"] == pytest.approx(single["mIoU"], abs=1e-6)  # one epoch: last = best
+
+    # The teacher's pre-fit score: each rank scores its share, the confusion matrices are summed.
+    teacher = builders.build_model(cfg.teacher.model)
+    teacher.load_state_dict(torch.load(teacher_state_file, weights_only=True))
+    teacher_single = evaluate_model(
+        teacher.eval(), datamodule.val_dataloader(), datamodule.num_classes, datamodule.class_names, 255
+    )
+    assert result["val/teacher_mIoU"] == pytest.approx(teacher_single["mIoU"], abs=1e-6)
 
 
 @pytest.mark.parametrize("option", ["32-true", "bf16-mixed", "16-mixed"])

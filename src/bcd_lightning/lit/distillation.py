@@ -110,10 +110,11 @@ class DistillationModule(SegmentationModule):
 
     @torch.no_grad()
     def _score_teacher(self) -> float:
-        """Teacher mIoU on the full validation split (each rank scores all of it: exact, no sync)."""
+        """Teacher mIoU on the full validation split: each rank scores its disjoint share (no padding,
+        see data.datamodule.evaluation_sampler) and the confusion matrices are summed across ranks."""
         datamodule = self.trainer.datamodule
         limit = _batch_limit(self.trainer)
-        metric = SegmentationIoU(self.num_classes, self.ignore_index, sync_on_compute=False).to(self.device)
+        metric = SegmentationIoU(self.num_classes, self.ignore_index).to(self.device)
         for i, batch in enumerate(datamodule.val_dataloader()):
             if limit is not None and i >= limit:
                 break
