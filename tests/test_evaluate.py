@@ -132,3 +132,14 @@ def test_cli_sliding_window_with_tta_and_a_bad_key(tiny_run: dict[str, Any], tmp
     assert bad.returncode == 1
     assert "inference.mode='sliding' must be one of ['whole', 'slide']" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+    typo = subprocess.run(
+        [exe, *common, "inference.strid=[8,8]"],  # a key eval.yaml does not have: caught before Hydra
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert typo.returncode == 1 and "Traceback" not in typo.stderr
+    assert "Unknown config key 'inference.strid'" in typo.stderr and "Did you mean 'stride'" in typo.stderr

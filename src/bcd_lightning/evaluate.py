@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from bcd_lightning.inference import InferenceConfig
 from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.utils.config_check import check_config
 from bcd_lightning.utils.errors import friendly_errors
+from bcd_lightning.utils.overrides import precheck_overrides
 from bcd_lightning.utils.run_dir import atomic_write_text, save_and_print_config
 
 REUSED_GROUPS = ("data", "student")
@@ -121,8 +123,14 @@ def _fmt(name: str, value: float) -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @friendly_errors
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """``bcd-eval``: a typo in a key or group option fails in one line (with the valid ones) first."""
+    friendly_errors(precheck_overrides)("eval", sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":
