@@ -141,3 +141,27 @@ def test_compare_smoke_two_methods_one_seed(tmp_path: Path, teacher_state_file: 
     assert "| teacher | 1 |" in doc and "| none | 1 |" in doc and "| kd | 1 |" in doc
     assert "`bcd` was not part of this comparison." in doc
     assert os.path.isfile(tmp_path / "docs" / "results.png") and sys.executable
+
+
+def test_tuning_note_from_a_fabricated_tune_sweep(tmp_path: Path) -> None:
+    tune = tmp_path / "tune"
+    for job, score in enumerate((0.50, 0.61, 0.55)):
+        (tune / str(job)).mkdir(parents=True)
+        record = {"method": "bcd", "seed": 0, "metrics": {"val/mIoU_best": score}}
+        (tune / str(job) / "metrics.json").write_text(json.dumps(record))
+    (tune / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  distill.losses.kd.weight: 0.35351\n"
+        "  distill.losses.context.loss.tau: 0.5\nbest_value: 0.61\n"
+    )
+    before = tmp_path / "before"
+    before.mkdir()
+    (before / "metrics.json").write_text(
+        json.dumps({"method": "bcd", "seed": 0, "metrics": {"val/mIoU_best": 0.58}})
+    )
+    note = compare.tuning_note(tune, before)
+    assert "ran 3 Optuna (TPE) trials" in note
+    assert "`kd.weight`=0.354" in note and "`context.loss.tau`=0.5" in note
+    assert "best 61.00, median 55.00, worst 50.00" in note
+    assert "scored 58.00" in note and "+3.00 points" in note
+    with pytest.raises(FileNotFoundError, match="optimization_results.yaml"):
+        compare.tuning_note(before)
