@@ -105,6 +105,18 @@ def sweep_command(
 COMMAND_FILE = "compare_command.txt"  # in the sweep dir: the command that ran it (for --aggregate-only)
 
 
+def _tune_command(tune_dir: Path, searched: set[str]) -> str:
+    """The ``bcd-train -m`` command of a sweep, rebuilt from its first job's saved Hydra overrides."""
+    from omegaconf import OmegaConf
+
+    jobs = sorted(tune_dir.glob("*/.hydra/hydra.yaml"))
+    if not jobs:
+        return ""
+    overrides = OmegaConf.load(jobs[0]).hydra.overrides
+    task = [o for o in overrides.task if o.split("=", 1)[0] not in searched]  # drop sampled values
+    return " ".join(["bcd-train -m", *task, *overrides.hydra])
+
+
 def tuning_note(tune_dir: Path, baseline_run: Path | None = None, metric: str = "val/mIoU_best") -> str:
     """How BCD's weights were chosen, from a finished ``make tune`` sweep (its ``optimization_results.yaml``
     and every trial's run record) and, optionally, a run of the previous weights on the same seed."""
@@ -128,6 +140,9 @@ def tuning_note(tune_dir: Path, baseline_run: Path | None = None, metric: str = 
         f"{100 * float(results['best_value']):.2f}, median {100 * median(scores):.2f}, worst "
         f"{100 * min(scores):.2f}. Sweep: `{tune_dir}`."
     )
+    command = _tune_command(Path(tune_dir), set(results["best_params"]))
+    if command:
+        note += f" Command: `{command}`."
     if baseline_run is not None:
         before = next(r for r in load_runs(baseline_run))["metrics"][metric]
         gain = 100 * (float(results["best_value"]) - before)
@@ -154,6 +169,11 @@ def missing_runs(
     return [f"{m} seed {s}" for m in methods for s in seeds if (m, s) not in done]
 
 
+def _size(gap: float, std: float | None, other_std: float | None) -> str:
+    spread = max(std or 0.0, other_std or 0.0)
+    return "within one standard deviation" if gap <= spread else "larger than one standard deviation"
+
+
 def notes(rows: Sequence[Mapping[str, Any]], focus: str = "bcd") -> list[str]:
     """Plain statements of where ``focus`` wins and where it does not, per metric (means over seeds)."""
     students = [r for r in rows if r["method"] != "teacher"]
@@ -173,13 +193,22 @@ def notes(rows: Sequence[Mapping[str, Any]], focus: str = "bcd") -> list[str]:
             and math.isfinite(r[key])
             and (r[key] < value if lower else r[key] > value)
         ]
+        others = [r for r in students if r is not mine and r.get(key) is not None and math.isfinite(r[key])]
         if not better:
-            out.append(f"{title}: `{focus}` has the best mean ({value * scale:.2f}).")
+            # A win is only worth as much as its margin over the runner-up, measured against the seed spread.
+            text = f"{title}: `{focus}` has the best mean ({value * scale:.2f})"
+            if others:
+                second = min(others, key=lambda r: r[key]) if lower else max(others, key=lambda r: r[key])
+                gap = abs(second[key] - value)
+                text += (
+                    f"; runner-up `{second['method']}` {second[key] * scale:.2f} (gap {gap * scale:.2f}, "
+                    f"{_size(gap, std, second.get(f'{key}_std'))})"
+                )
+            out.append(text + ".")
             continue
         best = min(better, key=lambda r: r[key]) if lower else max(better, key=lambda r: r[key])
         gap = abs(best[key] - value)
-        spread = max(std, best.get(f"{key}_std") or 0.0)
-        size = "within one standard deviation" if gap <= spread else "larger than one standard deviation"
+        size = _size(gap, std, best.get(f"{key}_std"))
         names = ", ".join(f"`{r['method']}`" for r in better)
         out.append(
             f"{title}: `{focus}` does **not** win — better mean: {names}; best `{best['method']}` "

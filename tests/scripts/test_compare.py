@@ -94,11 +94,17 @@ def test_report_from_fabricated_runs(tmp_path: Path) -> None:
         "mIoU: `bcd` does **not** win — better mean: `kd`; best `kd` 71.00 vs 67.00 (gap 4.00, larger"
         in notes
     )
+    # Wins state their margin over the runner-up against the larger std (kd: 37 ± 1.41, 59 ± 1.41).
     assert (
-        "bIoU: `bcd` has the best mean (43.00)." in notes and "BF: `bcd` has the best mean (64.00)." in notes
+        "bIoU: `bcd` has the best mean (43.00); runner-up `kd` 37.00 (gap 6.00, larger than one standard "
+        "deviation)." in notes
     )
-    # conn.err: kd 3.0 equals bcd 3.0 -> nobody is strictly better.
-    assert "conn.err: `bcd` has the best mean (3.00)." in notes
+    assert "BF: `bcd` has the best mean (64.00); runner-up `kd` 59.00 (gap 5.00, larger" in notes
+    # conn.err: kd 3.0 equals bcd 3.0 -> nobody is strictly better, and the margin is nil.
+    assert (
+        "conn.err: `bcd` has the best mean (3.00); runner-up `kd` 3.00 (gap 0.00, within one standard "
+        "deviation)." in notes
+    )
     assert "step ms: `bcd` does **not** win" in notes
     assert "takes 2.82× the time of a student-alone step" in notes  # 0.31 / 0.11
     assert "## How the BCD weights were chosen" in doc and "validation" in doc
@@ -163,5 +169,5 @@ def test_tuning_note_from_a_fabricated_tune_sweep(tmp_path: Path) -> None:
     assert "`kd.weight`=0.354" in note and "`context.loss.tau`=0.5" in note
     assert "best 61.00, median 55.00, worst 50.00" in note
     assert "scored 58.00" in note and "+3.00 points" in note
-    with pytest.raises(FileNotFoundError, match="optimization_results.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"optimization_results\.yaml"):
         compare.tuning_note(before)
