@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
@@ -26,3 +29,13 @@ FAST = (
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     with initialize_config_module("bcd_lightning.conf", version_base="1.3"):
         return compose(config_name, overrides=list(overrides))
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (scripts are not a package) as a module."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "aggregate_runs.py"
-_spec = importlib.util.spec_from_file_location("aggregate_runs", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-aggregate_runs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(aggregate_runs)
+from support import load_script
+
+aggregate_runs = load_script("aggregate_runs")
 
 
 def test_cli_tables_a_sweep_and_reports_crashed_jobs(tmp_path: Path, capsys) -> None:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_losses.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_losses", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import load_script
 
 
 def test_bench_losses_quick(capsys, tmp_path: Path) -> None:
-    bench = load_script()
+    bench = load_script("bench_losses")
     results = bench.main(["--quick", "--device", "cpu", "--json", str(tmp_path / "bench.json")])
     out = capsys.readouterr().out
     assert "Context loss" in out and "BCD loss cost" in out
