@@ -1,0 +1,36 @@
+"""``checkpoints/last.ckpt`` after every epoch (or every N steps), whatever the monitored metric did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """The latest training state, always: what ``ckpt_path=last`` and ``auto_resume`` resume from.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only in a step where it also
+    saves a new top-k checkpoint, so after a crash a run would go back to its last *best* epoch. This is an
+    unmonitored ModelCheckpoint writing one file, ``last.ckpt``, on its own schedule. Being its own class
+    gives it its own checkpoint state key, so users may add other unmonitored ModelCheckpoints beside it.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "last",
+        every_n_epochs: int | None = 1,
+        every_n_train_steps: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=every_n_epochs,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+            **kwargs,
+        )
