@@ -129,8 +129,8 @@ class DistillationModule(SegmentationModule):
         student_out = self.model(image)
         teacher_out = self._teacher_outputs(batch)
         n = len(target)
-        total = self.cross_entropy(student_out.logits, target)
-        self.log("train/loss/ce", total, on_step=True, on_epoch=True, batch_size=n)
+        ce = total = self.cross_entropy(student_out.logits, target)
+        self.log("train/loss/ce", ce, on_step=True, on_epoch=True, batch_size=n)
         raw_terms = {}
         for name, loss in self.distill_losses.items():
             raw = loss(student_out, teacher_out, target, self.ignore_index)
@@ -144,7 +144,7 @@ class DistillationModule(SegmentationModule):
         # One device sync per step (not one per term); the slow path names the culprit and its weight.
         if not torch.isfinite(total):
             weights = {name: self.weight_at(name, self.global_step) for name in raw_terms}
-            terms = {"ce": self.cross_entropy(student_out.logits, target), **raw_terms}
+            terms = {"ce": ce, **raw_terms}
             return self.nonfinite_guard.on_nonfinite(self, terms, weights, snapshot)
         self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return total

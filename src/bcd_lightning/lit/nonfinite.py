@@ -10,6 +10,7 @@ step counter (``global_step``, hence schedules) still advances. Skipped steps ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import lightning as L
@@ -77,6 +78,6 @@ def describe(terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> str:
     for name, value in terms.items():
         raw = float(value.detach().float())
         weight = weights.get(name, 1.0)
-        if not (torch.isfinite(torch.tensor(raw)) and torch.isfinite(torch.tensor(raw * weight))):
+        if not (math.isfinite(raw) and math.isfinite(raw * weight)):
             bad.append(f"{name}={raw} (weight {weight})" if name in weights else f"{name}={raw}")
     return ", ".join(bad) or "the total (every term is finite alone: an overflow of their sum)"

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bcd_lightning.models.outputs import SegOutput
-from bcd_lightning.models.seg_model import SegModel, check_output_fields
+from bcd_lightning.models.seg_model import SegModel
 
 #: ``teacher.precision`` values and the autocast dtype each selects (``None``: plain fp32).
 TEACHER_PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -113,9 +113,8 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor, outputs: Collection[str] | None = None) -> SegOutput:
-        """The teacher's :class:`SegOutput`; only the fields in ``outputs`` when given (see SegModel)."""
-        if outputs is not None:
-            check_output_fields(outputs)
+        """The teacher's :class:`SegOutput`; only the fields in ``outputs`` when given (SegModel checks
+        them)."""
         dtype = TEACHER_PRECISIONS[self.precision]
         autocast = nullcontext() if dtype is None else torch.autocast(x.device.type, dtype=dtype)
         with torch.no_grad(), autocast:
