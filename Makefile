@@ -72,4 +72,29 @@ clean: ## Remove caches and build artefacts (keeps logs and .venv)
 clean-logs: ## Remove all run directories under logs/ (including the exported teacher)
 	rm -rf logs/*
 
-.PHONY: export help install train train-teacher distill results compare tune sweep bench eval test test-full lint format clean clean-logs
+# --- GPU check (scripts/gpu_check.py): wheels prepared on a networked machine, installed offline on the GPU one.
+WHEELS ?= gpu-wheels
+GPU_PY ?= python3
+# pip matches --platform tags exactly: list the older manylinux tags a glibc-2.28 machine also runs.
+GPU_PLATFORM := --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+	$(addprefix --platform ,manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64)
+# What a CUDA machine that has torch, torchvision, lightning, torchmetrics and timm may lack: the project's
+# other runtime dependencies (pip resolves theirs), smp's non-torch ones, and the project itself.
+GPU_WHEEL_PKGS := "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3" "wandb>=0.17" "rich>=13" "matplotlib>=3.7" \
+	huggingface-hub safetensors pillow numpy tqdm
+
+gpu-wheels: ## Wheels for an offline CUDA machine (CPython 3.12, x86_64) into WHEELS=gpu-wheels
+	mkdir -p $(WHEELS)
+	@# antlr4-python3-runtime (hydra's parser) is published only as an sdist: build it (pure Python) here.
+	$(BIN)/pip wheel --no-deps -w $(WHEELS) . "antlr4-python3-runtime==4.9.3"
+	$(BIN)/pip download $(GPU_PLATFORM) --find-links $(WHEELS) -d $(WHEELS) $(GPU_WHEEL_PKGS)
+	@# --no-deps: its own dependencies are torch, torchvision, timm (on the machine) and the ones above.
+	$(BIN)/pip download $(GPU_PLATFORM) --no-deps -d $(WHEELS) "segmentation-models-pytorch>=0.4"
+	@du -sh $(WHEELS)
+
+gpu-check: ## On the CUDA machine, offline: install from WHEELS, run the <= 6 min GPU check into OUT=<folder>
+	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=<folder> [WHEELS=gpu-wheels] [GPU_PY=python3]"; exit 2; }
+	$(GPU_PY) -m pip install --no-index --find-links $(WHEELS) bcd_lightning
+	$(GPU_PY) scripts/gpu_check.py --out $(OUT) $(ARGS)
+
+.PHONY: export help install train train-teacher distill results compare tune sweep bench eval test test-full lint format clean clean-logs gpu-wheels gpu-check

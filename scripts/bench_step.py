@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,15 @@ class _Progress(dict):
 class Bench:
     """The models, data and cached teacher outputs shared by every measurement of one run."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+    #: Context of the forward pass and losses (not the backward), as Lightning's ``*-mixed`` precisions.
+    autocast: Callable[[], AbstractContextManager] = nullcontext
+
+    def __init__(
+        self, args: argparse.Namespace, device: torch.device, overrides: Sequence[str] | None = None
+    ) -> None:
+        """``overrides``: the config composed for the models (default: the default models)."""
         self.args, self.device = args, device
-        cfg = compose([f"data.train_set.image_size={args.size}"])
+        cfg = compose([f"data.train_set.image_size={args.size}"] if overrides is None else overrides)
         torch.manual_seed(0)
         self.student = build_model(cfg.student)
         self.teacher = FrozenTeacher(build_model(cfg.teacher.model), precision=args.teacher_precision)
@@ -112,12 +119,13 @@ class Bench:
 
     def student_step(self, terms: dict | None = None, teacher: Callable[[], SegOutput] | None = None) -> None:
         self.opt.zero_grad(set_to_none=True)
-        out = self.student(self.image)
-        loss = F.cross_entropy(out.logits, self.mask, ignore_index=255)
-        if terms:
-            t_out = teacher()
-            for term in terms.values():
-                loss = loss + term.weight * term.loss(out, t_out, self.mask, 255)
+        with self.autocast():
+            out = self.student(self.image)
+            loss = F.cross_entropy(out.logits, self.mask, ignore_index=255)
+            if terms:
+                t_out = teacher()
+                for term in terms.values():
+                    loss = loss + term.weight * term.loss(out, t_out, self.mask, 255)
         loss.backward()
         self.opt.step()
 
