@@ -95,6 +95,8 @@ gpu-wheels: ## Wheels for an offline CUDA machine (CPython 3.12, x86_64) into WH
 gpu-check: ## On the CUDA machine, offline: install from WHEELS, run the <= 6 min GPU check into OUT=<folder>
 	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=<folder> [WHEELS=gpu-wheels] [GPU_PY=python3]"; exit 2; }
 	$(GPU_PY) -m pip install --no-index --find-links $(WHEELS) bcd_lightning
+	@# The project wheel again, so a rebuilt wheel of the same version replaces an installed one.
+	$(GPU_PY) -m pip install --no-index --find-links $(WHEELS) --force-reinstall --no-deps bcd_lightning
 	$(GPU_PY) scripts/gpu_check.py --out $(OUT) $(ARGS)
 
 .PHONY: export help install train train-teacher distill results compare tune sweep bench eval test test-full lint format clean clean-logs gpu-wheels gpu-check

@@ -115,8 +115,10 @@ def context_case(
     repeats: int,
     seed: int = 0,
     threads: int = 0,
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
-    """One chunked or naive context-loss measurement (forward + backward) in this process."""
+    """One chunked or naive context-loss measurement (forward + backward) in this process; ``chunk_size``
+    rows per chunk of the chunked one (``None``: automatic)."""
     from bcd_lightning.distill.functional import self_relation_kl, self_relation_kl_naive
 
     if threads:
@@ -127,10 +129,11 @@ def context_case(
     s = torch.randn(batch, channels, h, w, generator=gen).to(dev).requires_grad_(True)
     t = torch.randn(batch, channels, h, w, generator=gen).to(dev)
     fn = self_relation_kl if impl == "chunked" else self_relation_kl_naive
+    kwargs = {"chunk_size": chunk_size} if impl == "chunked" else {}
 
     def step() -> None:
         s.grad = None
-        fn(s, t, 1.0).backward()
+        fn(s, t, 1.0, **kwargs).backward()
 
     with PeakMemory(dev) as mem:
         step()  # also the warm-up

@@ -8,6 +8,7 @@ On a CUDA machine without internet that has torch, torchvision, lightning, torch
 ``make gpu-check OUT=gpu-out`` runs exactly::
 
     python3 -m pip install --no-index --find-links gpu-wheels bcd_lightning
+    python3 -m pip install --no-index --find-links gpu-wheels --force-reinstall --no-deps bcd_lightning
     python3 scripts/gpu_check.py --out gpu-out
 
 (``GPU_PY=<python>`` picks another interpreter, ``WHEELS=<folder>`` another wheel folder, ``ARGS=...``
@@ -65,9 +66,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bcd_lightning.builders import build_model, distill_terms
 from bcd_lightning.distill import LogitKD
 from bcd_lightning.distill.base import teacher_fields
-from bcd_lightning.distill.functional import boundary_map, self_relation_kl, self_relation_kl_naive
+from bcd_lightning.distill.functional import (
+    auto_chunk_size,
+    boundary_map,
+    self_relation_kl,
+    self_relation_kl_naive,
+)
 from bcd_lightning.models import SegOutput
-from bench_losses import NAIVE_BYTES_PER_ENTRY, bench_context, memory_method
+from bench_losses import NAIVE_BYTES_PER_ENTRY, bench_context, context_case, memory_method
 from bench_step import Bench, compose, measure
 
 PROTOCOL = ["experiment=cityscapes/dlv3_r18"]  # DeepLabV3-R101 teacher -> DeepLabV3-R18 student
@@ -94,8 +100,8 @@ def context_flops(batch: int, nodes: int, channels: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- deadline
-class OutOfTime(Exception):
-    """Raised inside an item when the budget runs out."""
+class OutOfTime(BaseException):
+    """Raised inside an item when the budget runs out (not an ``Exception``: no library swallows it)."""
 
 
 class Deadline:
@@ -132,8 +138,10 @@ class Report:
     def item(self, name: str, expect_s: float, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         left = self.deadline.left()
         if self.stopped or left < expect_s:
-            why = "the run was stopped at the deadline" if self.stopped else f"{left:.0f} s left"
-            result = {"skipped": f"deadline: {why}, this item takes ~{expect_s:.0f} s"}
+            why = f"{left:.0f} s left, this item takes ~{expect_s:.0f} s"
+            result = {
+                "skipped": "deadline: " + ("the run was stopped at the deadline" if self.stopped else why)
+            }
         else:
             t0 = time.monotonic()
             try:
@@ -391,6 +399,18 @@ def context_item(args: argparse.Namespace, device: torch.device, grid: tuple[int
     return row
 
 
+def chunk_sweep(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The chunked context loss at the first grid with the automatic chunk, a 4x smaller and 4x, 16x larger
+    ones: the numbers to tune the device's chunk size by (``CHUNK_ELEMENTS`` / ``auto_chunk_size``)."""
+    (h, w), b, c = args.context_grids[0], args.batch, args.context_channels
+    n, auto = h * w, auto_chunk_size(b, h * w, c, device)
+    rows = {}
+    for chunk in sorted({max(1, min(n, k * auto // 4)) for k in (1, 4, 16, 64)}):
+        row = context_case(h, w, c, b, "chunked", str(device), args.context_repeats, chunk_size=chunk)
+        rows[str(chunk)] = {**row, "tflops": context_flops(b, n, c) / row["time_s"] / 1e12}
+    return {"grid": f"{h}x{w}", "N": n, "auto_chunk": auto, "chunks": rows}
+
+
 # ---------------------------------------------------------------------------------------------- training
 def teacher_checkpoint(out: Path) -> Path:
     """A randomly initialised embedded teacher (the check measures code paths, not accuracy)."""
@@ -422,8 +442,8 @@ def train_command(args: argparse.Namespace, run: str, ckpt: Path, device: torch.
     return cmd
 
 
-def train_item(report: Report, run: str, ckpt: Path, device: torch.device) -> dict[str, Any]:
-    cmd = train_command(report.args, run, ckpt, device)
+def train_item(report: Report, run: str, device: torch.device) -> dict[str, Any]:
+    cmd = train_command(report.args, run, teacher_checkpoint(report.args.out), device)
     timeout = max(1.0, min(report.args.train_timeout, report.deadline.left() - 5))
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     try:
@@ -516,6 +536,17 @@ def _md_context(items: dict[str, dict[str, Any]]) -> list[str]:
                 f"| {r['grid']} | {r['N']} | {cell(c, 'time')} | {cell(c, 'mem')} | {tf} | {cell(n, 'time')} | "
                 f"{cell(n, 'mem')} | {_bytes(r['naive_estimate_bytes'])} |"
             )
+    for name, r in items.items():
+        if name.startswith("context chunk sweep") and "chunks" in r:
+            cells = [
+                f"{k} rows{' (auto)' if int(k) == r['auto_chunk'] else ''}: {v['time_s'] * 1e3:,.1f} ms, "
+                f"{_bytes(v['peak_bytes'])}, {v['tflops']:.2f} TFLOP/s"
+                for k, v in r["chunks"].items()
+            ]
+            lines += [
+                "",
+                f"Chunk size at {r['grid']} (rows per chunk: time, peak, TFLOP/s): " + "; ".join(cells),
+            ]
     return lines
 
 
@@ -622,10 +653,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report.item(
                 f"context {grid[0]}x{grid[1]}", args.expect_step, lambda g=grid: context_item(args, device, g)
             )
+        grid = "x".join(map(str, args.context_grids[0]))
+        report.item(f"context chunk sweep {grid}", args.expect_step, lambda: chunk_sweep(args, device))
     if "train" not in args.skip:
-        ckpt = teacher_checkpoint(args.out)
         for run in ("gpu", "ddp"):
-            report.item(f"train {run}", args.expect_train, lambda r=run: train_item(report, r, ckpt, device))
+            report.item(f"train {run}", args.expect_train, lambda r=run: train_item(report, r, device))
     if "steps" not in args.skip and args.compile:
         for channels_last in (False, True):
             measure_variant(report, device, channels_last=channels_last, compiled=True)

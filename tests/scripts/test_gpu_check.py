@@ -51,6 +51,10 @@ def test_cpu_dry_run_measures_every_item(gpu, tmp_path: Path) -> None:
         assert row["N"] == n and row["flops"] == 8 * 2 * n * n * 16  # B = 2, C = 16 in --tiny
         assert row["chunked"]["time_s"] > 0 and row["naive"]["time_s"] > 0
         assert row["chunked"]["tflops"] == pytest.approx(row["flops"] / row["chunked"]["time_s"] / 1e12)
+    sweep = items["context chunk sweep 8x16"]
+    assert sweep["auto_chunk"] == 128 and set(sweep["chunks"]) == {"32", "128"}  # auto/4, auto (= N)
+    for row in sweep["chunks"].values():
+        assert row["tflops"] == pytest.approx(8 * 2 * 128**2 * 16 / row["time_s"] / 1e12)
     assert "--no-compile" in items["compiled steps"]["skipped"]
     # Both files on disk; the markdown table has every measured row.
     assert json.loads(path.read_text())["items"].keys() == items.keys()
@@ -131,9 +135,12 @@ def test_make_targets_prepare_and_run_the_check_offline(tmp_path: Path) -> None:
     wheels = make("-n", "gpu-wheels").stdout
     assert "--only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64" in wheels
     assert 'wheel --no-deps -w gpu-wheels . "antlr4-python3-runtime==4.9.3"' in wheels
-    check = make("-n", "gpu-check", f"OUT={tmp_path}").stdout.splitlines()
-    assert check[-2:] == [
+    check = [
+        line for line in make("-n", "gpu-check", f"OUT={tmp_path}").stdout.splitlines() if "python3" in line
+    ]
+    assert check[1:] == [
         "python3 -m pip install --no-index --find-links gpu-wheels bcd_lightning",
+        "python3 -m pip install --no-index --find-links gpu-wheels --force-reinstall --no-deps bcd_lightning",
         f"python3 scripts/gpu_check.py --out {tmp_path} ",
     ]
     missing = make("gpu-check")
