@@ -76,14 +76,16 @@ clean-logs: ## Remove all run directories under logs/ (including the exported te
 WHEELS ?= gpu-wheels
 GPU_PY ?= python3
 # pip matches --platform tags exactly: list the older manylinux tags a glibc-2.28 machine also runs.
-GPU_PLATFORM := --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+# The CUDA machine's Python version (binary wheels are built per version).
+GPU_PYVER ?= 3.12
+GPU_PLATFORM := --only-binary=:all: --python-version $(GPU_PYVER) --platform manylinux_2_28_x86_64 \
 	$(addprefix --platform ,manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64)
 # What a CUDA machine that has torch, torchvision, lightning, torchmetrics and timm may lack: the project's
 # other runtime dependencies (pip resolves theirs), smp's non-torch ones, and the project itself.
 GPU_WHEEL_PKGS := "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3" "wandb>=0.17" "rich>=13" "matplotlib>=3.7" \
 	huggingface-hub safetensors pillow numpy tqdm
 
-gpu-wheels: ## Wheels for an offline CUDA machine (CPython 3.12, x86_64) into WHEELS=gpu-wheels
+gpu-wheels: ## Wheels for an offline CUDA machine (CPython GPU_PYVER=3.12, x86_64) into WHEELS=gpu-wheels
 	mkdir -p $(WHEELS)
 	@# antlr4-python3-runtime (hydra's parser) is published only as an sdist: build it (pure Python) here.
 	$(BIN)/pip wheel --no-deps -w $(WHEELS) . "antlr4-python3-runtime==4.9.3"

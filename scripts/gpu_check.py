@@ -12,11 +12,12 @@ On a CUDA machine without internet that has torch, torchvision, lightning, torch
     python3 scripts/gpu_check.py --out gpu-out
 
 (``GPU_PY=<python>`` picks another interpreter, ``WHEELS=<folder>`` another wheel folder, ``ARGS=...``
-passes options to this script.) The wheel folder (CPython 3.12, manylinux x86_64) holds the project
-itself (``bcd_lightning``), hydra-core, omegaconf, antlr4-python3-runtime (published only as an sdist:
-``make gpu-wheels`` builds its pure-Python wheel), segmentation-models-pytorch (without its torch,
-torchvision and timm), wandb, rich, matplotlib, huggingface-hub, safetensors, pillow, numpy, tqdm, and
-what these need (pip resolves them: pydantic, protobuf, requests, opentelemetry, ...; ``ls gpu-wheels``).
+passes options to this script; ``make gpu-wheels GPU_PYVER=3.11`` prepares wheels for another Python.)
+The wheel folder (CPython 3.12, manylinux x86_64) holds the project itself (``bcd_lightning``),
+hydra-core, omegaconf, antlr4-python3-runtime (published only as an sdist: ``make gpu-wheels`` builds
+its pure-Python wheel), segmentation-models-pytorch (without its torch, torchvision and timm), wandb,
+rich, matplotlib, huggingface-hub, safetensors, pillow, numpy, tqdm, and what these need (pip resolves
+them: pydantic, protobuf, requests, opentelemetry, ...; ``ls gpu-wheels``).
 
 What it writes into ``--out`` (``gpu_check.json`` and ``gpu_check.md``, rewritten after every item, so a
 run stopped from outside keeps what it measured), in this order:
@@ -30,7 +31,8 @@ run stopped from outside keeps what it measured), in this order:
    teacher) and teacher bf16 / fp32. Measured with ``scripts/bench_step.py``'s ``Bench`` and ``measure``;
 3. context: the context loss chunked vs naive at 64x128 and 128x256 nodes (stride 8 and 4 of 512x1024),
    time, peak memory and achieved TFLOP/s (``scripts/bench_losses.py``'s ``bench_context``; naive is
-   skipped where its estimated memory does not fit, and the estimate is reported);
+   skipped where its estimated memory does not fit, and the estimate is reported); at 64x128 also the
+   automatic chunk against 4x smaller and 4x, 16x larger ones (to tune the CUDA chunk size);
 4. train: ``bcd-train experiment=embedded/bcd trainer=gpu`` and ``trainer=ddp trainer.devices=1`` (NCCL),
    32 steps at 384x384, as subprocesses; exit status, wall time, median step time;
 5. steps with ``compile=true`` (the student compiled in place, as ``bcd-train compile=true`` does).
