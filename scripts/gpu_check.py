@@ -448,6 +448,8 @@ def train_item(report: Report, run: str, device: torch.device) -> dict[str, Any]
     cmd = train_command(report.args, run, teacher_checkpoint(report.args.out), device)
     timeout = max(1.0, min(report.args.train_timeout, report.deadline.left() - 5))
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    if device.type == "cpu":  # Lightning's DDP launcher resets torch's threads unless OMP_NUM_THREADS is set
+        env["OMP_NUM_THREADS"] = "1"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
