@@ -27,8 +27,9 @@ run stopped from outside keeps what it measured), in this order:
 2. steps: the distillation step of the protocol models at the protocol size (DeepLabV3-R101 teacher,
    DeepLabV3-R18 student from ``experiment=cityscapes/dlv3_r18``, its 512x1024 crop, batch 8, synthetic
    images, random weights): student step, teacher forward, ``kd`` and ``bcd`` steps, fp32 and bf16-mixed,
-   contiguous and channels_last; time (median), images/s, peak memory; the ratios bcd / (student +
-   teacher) and teacher bf16 / fp32. Measured with ``scripts/bench_step.py``'s ``Bench`` and ``measure``;
+   contiguous and channels_last, and (contiguous) the bcd step from the teacher-output cache; time
+   (median), images/s, peak memory; the ratios bcd / (student + teacher), cached bcd / student and
+   teacher bf16 / fp32. Measured with ``scripts/bench_step.py``'s ``Bench`` and ``measure``;
 3. context: the context loss chunked vs naive at 64x128 and 128x256 nodes (stride 8 and 4 of 512x1024),
    time, peak memory and achieved TFLOP/s (``scripts/bench_losses.py``'s ``bench_context``; naive is
    skipped where its estimated memory does not fit, and the estimate is reported); at 64x128 also the
@@ -55,6 +56,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -273,6 +275,7 @@ def check_bf16_teacher(bench: Bench) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- steps
 PRECISIONS = ("fp32", "bf16-mixed")
 STEPS = ("student step", "teacher forward", "kd step", "bcd step")
+CACHED = "cached bcd step"  # teacher outputs from the teacher-output cache (first variant only)
 
 
 def make_bench(args: argparse.Namespace, device: torch.device, channels_last: bool, compiled: bool) -> Bench:
@@ -308,14 +311,26 @@ def step_fn(bench: Bench, step: str, precision: str, terms: dict) -> Callable[[]
         return lambda: bench.teacher_forward("bf16" if bf16 else "32")
     if step == "student step":
         return bench.student_step
+    if step == CACHED:
+        cache = terms["cache"]
+        return lambda: bench.student_step(terms["bcd"][0], lambda: cache.lookup(bench.index, bench.device))
     losses, fields = terms[step.split()[0]]
     return lambda: bench.student_step(losses, lambda: bench.teacher(bench.image, outputs=fields))
 
 
+def fill_cache(holder: dict[str, Any]) -> dict[str, Any]:
+    """The bcd preset's teacher-output cache of the bench's samples, in a temporary folder."""
+    holder["tmp"] = tempfile.TemporaryDirectory(prefix="gpu_check_cache_")
+    holder["terms"]["cache"] = holder["bench"].cache_for(holder["terms"]["bcd"][0], Path(holder["tmp"].name))
+    files = [f for f in Path(holder["tmp"].name).rglob("*") if f.is_file()]
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+
+
 def measure_variant(
-    report: Report, device: torch.device, channels_last: bool, compiled: bool, bf16_check: bool = False
+    report: Report, device: torch.device, channels_last: bool, compiled: bool, first: bool = False
 ) -> None:
-    """Every step x precision of one layout / compile variant, each row its own deadline item."""
+    """Every step x precision of one layout / compile variant, each row its own deadline item. The
+    ``first`` variant also checks the bf16 teacher and times the bcd step from the teacher-output cache."""
     args = report.args
     variant = ("channels_last" if channels_last else "contiguous") + (", compiled" if compiled else "")
     holder: dict[str, Any] = {}
@@ -328,14 +343,19 @@ def measure_variant(
     report.item(f"setup [{variant}]", args.expect_setup, setup)
     if "bench" not in holder:
         return
-    if bf16_check:
+    steps = STEPS
+    if first:
         report.item(
             "check: bf16 teacher within tolerance",
             args.expect_setup,
             lambda: check_bf16_teacher(holder["bench"]),
         )
+        if "error" not in report.item(
+            f"teacher cache fill [{variant}]", args.expect_step, lambda: fill_cache(holder)
+        ):
+            steps = (*STEPS, CACHED)
     for precision in PRECISIONS:
-        for step in STEPS:
+        for step in steps:
             if compiled and step == "teacher forward":
                 continue  # compile=true compiles the student only
 
@@ -358,13 +378,15 @@ def measure_variant(
             # Compiling happens in the first step of each precision; the other steps reuse the graphs.
             expect = args.expect_compile if compiled and step == "student step" else args.expect_step
             report.item(f"{step} [{precision}, {variant}]", expect, run)
+    if "tmp" in holder:
+        holder["tmp"].cleanup()
     holder.clear()  # free this variant's models before the next is built
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
 def ratios(items: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """bcd / (student + teacher) per precision and variant; teacher bf16 / fp32 per layout."""
+    """bcd / (student + teacher) per precision and variant; cached bcd / student; teacher bf16 / fp32."""
     ms = {name: r["ms"] for name, r in items.items() if isinstance(r.get("ms"), float)}
     out = {}
     for name, bcd in ms.items():
@@ -375,6 +397,8 @@ def ratios(items: dict[str, dict[str, Any]]) -> dict[str, float]:
         student = ms.get("student step " + tag)
         if teacher and student:
             out[f"bcd / (student + teacher) {tag}"] = bcd / (student + teacher)
+        if student and f"{CACHED} {tag}" in ms:
+            out[f"cached bcd / student {tag}"] = ms[f"{CACHED} {tag}"] / student
     for layout in ("contiguous", "channels_last"):
         fp32, bf16 = (ms.get(f"teacher forward [{p}, {layout}]") for p in PRECISIONS)
         if fp32 and bf16:
@@ -510,7 +534,7 @@ def _md_steps(items: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[st
     ]
     for name, r in items.items():
         step, _, tag = name.partition(" [")
-        if step not in STEPS:
+        if step not in (*STEPS, CACHED):
             continue
         ips = f"{r['images_per_s']:,.1f}" if "images_per_s" in r else ""
         mem = f"{_bytes(r.get('peak'))} / {_bytes(r.get('peak_total'))}" if "ms" in r else ""
@@ -650,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "check: context chunked == naive (fp32)", args.expect_setup, lambda: check_context(device, args.tiny)
     )
     if "steps" not in args.skip:
-        measure_variant(report, device, channels_last=False, compiled=False, bf16_check=True)
+        measure_variant(report, device, channels_last=False, compiled=False, first=True)
         measure_variant(report, device, channels_last=True, compiled=False)
     if "context" not in args.skip:
         for grid in args.context_grids:

@@ -42,6 +42,13 @@ def test_cpu_dry_run_measures_every_item(gpu, tmp_path: Path) -> None:
             assert data["ratios"][f"bcd / (student + teacher) [{precision}, {layout}]"] == pytest.approx(
                 ratio
             )
+            if layout == "contiguous":  # the first variant also times the bcd step from the teacher cache
+                cached = items[f"cached bcd step [{precision}, {layout}]"]["ms"]
+                assert data["ratios"][f"cached bcd / student [{precision}, {layout}]"] == pytest.approx(
+                    cached / rows["student step"]["ms"]
+                )
+            else:
+                assert f"cached bcd step [{precision}, {layout}]" not in items
         teacher = {p: items[f"teacher forward [{p}, {layout}]"]["ms"] for p in ("fp32", "bf16-mixed")}
         assert data["ratios"][f"teacher bf16 / fp32 [{layout}]"] == pytest.approx(
             teacher["bf16-mixed"] / teacher["fp32"]
@@ -61,6 +68,10 @@ def test_cpu_dry_run_measures_every_item(gpu, tmp_path: Path) -> None:
     md = path.with_suffix(".md").read_text()
     assert "| bcd step | bf16-mixed, channels_last |" in md and "| 16x32 | 512 |" in md
     assert "| context chunked == naive (fp32) |" in md and "compiled steps: skipped" in md
+    assert (
+        items["teacher cache fill [contiguous]"]["bytes"] > 0
+        and "| cached bcd step | fp32, contiguous |" in md
+    )
 
 
 class MatmulFlops(TorchDispatchMode):
