@@ -123,31 +123,16 @@ class DistillationModule(SegmentationModule):
         return float(metric.compute())  # mIoU only: this runs once, before fitting
 
     # --- training -----------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
-        snapshot = self.nonfinite_guard.snapshot(self)  # nonfinite=skip only: BatchNorm statistics
-        image, target = batch["image"], batch["mask"]
-        student_out = self.model(image)
+    def extra_terms(self, batch: Mapping[str, Tensor], out: SegOutput) -> dict[str, tuple[Tensor, float]]:
+        """Each distillation loss on the student's and the teacher's outputs, with its scheduled weight."""
         teacher_out = self._teacher_outputs(batch)
-        n = len(target)
-        ce = total = self.cross_entropy(student_out.logits, target)
-        self.log("train/loss/ce", ce, on_step=True, on_epoch=True, batch_size=n)
-        raw_terms = {}
-        for name, loss in self.distill_losses.items():
-            raw = loss(student_out, teacher_out, target, self.ignore_index)
-            weight = self.weight_at(name, self.global_step)
-            weighted = weight * raw
-            self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
-            raw_terms[name] = raw
-            self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
-            self.log(f"train/loss/{name}_weighted", weighted, on_step=True, on_epoch=True, batch_size=n)
-            total = total + weighted
-        # One device sync per step (not one per term); the slow path names the culprit and its weight.
-        if not torch.isfinite(total):
-            weights = {name: self.weight_at(name, self.global_step) for name in raw_terms}
-            terms = {"ce": ce, **raw_terms}
-            return self.nonfinite_guard.on_nonfinite(self, terms, weights, snapshot)
-        self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        return total
+        return {
+            name: (
+                loss(out, teacher_out, batch["mask"], self.ignore_index),
+                self.weight_at(name, self.global_step),
+            )
+            for name, loss in self.distill_losses.items()
+        }
 
     def weight_at(self, name: str, step: int) -> float:
         """Effective weight of loss ``name`` at optimizer step ``step`` (a pure function: resumes exactly)."""

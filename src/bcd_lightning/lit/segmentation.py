@@ -72,21 +72,30 @@ class SegmentationModule(L.LightningModule):
         return logits.sum() * 0.0  # an all-ignored crop contributes nothing, without NaN
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
-        snapshot = self.nonfinite_guard.snapshot(self)
+        """``CE + Σ weight · term`` over :meth:`extra_terms`; a non-finite total goes to the guard."""
+        snapshot = self.nonfinite_guard.snapshot(self)  # nonfinite=skip only: BatchNorm statistics
+        target = batch["mask"]
         out = self.model(batch["image"])
-        loss = self.cross_entropy(out.logits, batch["mask"])
-        if not torch.isfinite(loss):
-            return self.nonfinite_guard.on_nonfinite(self, {"ce": loss}, snapshot=snapshot)
-        self.log("train/loss/ce", loss, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
-        self.log(
-            "train/loss/total",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=len(batch["mask"]),
-        )
-        return loss
+        extra = self.extra_terms(batch, out)
+        ce = self.cross_entropy(out.logits, target)
+        total = sum((weight * raw for raw, weight in extra.values()), start=ce)
+        # One device sync per step (not one per term); the slow path names the culprit and its weight.
+        if not torch.isfinite(total):
+            raws = {name: raw for name, (raw, _) in extra.items()}
+            weights = {name: weight for name, (_, weight) in extra.items()}
+            return self.nonfinite_guard.on_nonfinite(self, {"ce": ce, **raws}, weights, snapshot)
+        n = len(target)
+        self.log("train/loss/ce", ce, on_step=True, on_epoch=True, batch_size=n)
+        for name, (raw, weight) in extra.items():
+            self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
+            self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
+            self.log(f"train/loss/{name}_weighted", weight * raw, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        return total
+
+    def extra_terms(self, batch: Mapping[str, Tensor], out: SegOutput) -> dict[str, tuple[Tensor, float]]:
+        """Loss terms added to the cross-entropy, ``name -> (raw value, weight)``: none here."""
+        return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_guard"] = self.nonfinite_guard.state_dict()
