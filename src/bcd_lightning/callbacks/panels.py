@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from bcd_lightning.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
+from bcd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bcd_lightning.distill.boundary import BoundaryDistillation, BoundaryWeightedKD
 from bcd_lightning.distill.functional import boundary_map
 

@@ -61,17 +61,32 @@ class RunSchema:
     inference: Any = None  # checked by bcd_lightning.inference.InferenceConfig
 
 
-def _suggest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
+def as_pair(value: Any, key: str, error: type[Exception] = ValueError) -> tuple[int, int]:
+    """``[height, width]`` from one integer or two, each >= 1; ``error`` names ``key`` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise error(f"{key}={value!r} must be [height, width], two integers >= 1 (or one integer).")
+    return int(value[0]), int(value[1])
+
+
+def suggest_keys(key: str, valid: Sequence[str], label: str = "Valid keys") -> str:
+    """`` Did you mean 'x'? Valid keys: a, b, x.``"""
+    close = difflib.get_close_matches(key, list(valid), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Valid keys: {', '.join(sorted(valid))}."
+    return f"{hint} {label}: {', '.join(sorted(valid))}."
 
 
 def check_top_level(cfg: DictConfig) -> None:
     fields = {f.name: f for f in dataclasses.fields(RunSchema)}
     for key in cfg:
         if key not in fields:
-            raise ConfigError(f"Unknown config key {key!r}.{_suggest(str(key), list(fields))}")
+            raise ConfigError(f"Unknown config key {key!r}.{suggest_keys(str(key), list(fields))}")
         annotation = typing.get_type_hints(RunSchema)[key]
         _check_type(key, _value(cfg, key), annotation)
 
@@ -175,7 +190,7 @@ def check_targets(node: Any, path: str = "") -> None:
                 if accepts_kwargs:
                     continue
                 raise ConfigError(
-                    f"Unknown key {child!r} for {target_name}.{_suggest(str(key), list(params))}"
+                    f"Unknown key {child!r} for {target_name}.{suggest_keys(str(key), list(params))}"
                 )
             if key in hints and not isinstance(node._get_node(key), DictConfig):
                 _check_type(child, _value(node, key), hints[key], params[key].default)
