@@ -103,11 +103,6 @@ class SegModel(nn.Module):
                 decoder = None
         return SegOutput(logits=logits, stages=stages, decoder=decoder)
 
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Class index map ``[B, H, W]``."""
-        return self(x).logits.argmax(1)
-
 
 def check_output_fields(outputs: Collection[str]) -> frozenset[str]:
     """``outputs`` as a frozenset, or a ``ValueError`` naming the unknown field names."""

@@ -55,7 +55,6 @@ class RunSchema:
     logger: Any = None
     callbacks: Any = None
     paths: Any = None
-    extras: Any = None
     # eval.yaml only
     split: str = "test"
     inference: Any = None  # checked by bcd_lightning.inference.InferenceConfig
