@@ -72,7 +72,7 @@ class InferenceConfig:
             isinstance(scales, (str, bytes))
             or not isinstance(scales, Sequence)
             or not scales
-            or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales)
+            or any(isinstance(s, bool) or not isinstance(s, (int, float)) or float(s) <= 0 for s in scales)
         ):
             raise ConfigError(f"{key}.scales={scales!r} must be a non-empty list of numbers > 0, e.g. [1.0].")
         object.__setattr__(self, "window", window)

@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
@@ -65,8 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -92,8 +94,8 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, best: str) -> dict[str, flo
     """Best monitored score (``<monitor>_best``, e.g. ``val/mIoU_best``) and the batch geometry."""
     summary: dict[str, float] = {}
     ckpt = trainer.checkpoint_callback
-    monitor = getattr(ckpt, "monitor", None)
-    if monitor:
+    monitor = ckpt.monitor if isinstance(ckpt, ModelCheckpoint) else None
+    if isinstance(ckpt, ModelCheckpoint) and monitor:
         score = ckpt.best_model_score
         if score is None and best:  # ddp_spawn: the score stays in the worker, the checkpoint has it
             score = _best_score_in_checkpoint(Path(best))

@@ -76,7 +76,7 @@ class _ToNormalizedFloat(v2.Transform):
     _transformed_types = (tv_tensors.Image,)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return tv_tensors.wrap(normalize(inpt.as_subclass(Tensor)), like=inpt)
+        return tv_tensors.Image(normalize(inpt.as_subclass(Tensor)))  # inpt is an Image (_transformed_types)
 
 
 class _JointTransform:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
 from torch import Tensor, nn
 
+from bcd_lightning.data.datamodule import trainer_datamodule
 from bcd_lightning.distill.adapters import bind_adapters
 from bcd_lightning.distill.base import DistillLoss, teacher_fields
 from bcd_lightning.distill.schedules import WeightSchedule, as_schedule, scheduled_weight
@@ -49,6 +50,8 @@ class DistillationModule(SegmentationModule):
             steps then read the teacher's outputs from it instead of running the teacher.
         **kwargs: see :class:`SegmentationModule`.
     """
+
+    teacher: FrozenTeacher  # not a submodule (set with object.__setattr__): declared for the type checker
 
     def __init__(
         self,
@@ -112,7 +115,7 @@ class DistillationModule(SegmentationModule):
     def _score_teacher(self) -> float:
         """Teacher mIoU on the full validation split: each rank scores its disjoint share (no padding,
         see data.datamodule.evaluation_sampler) and the confusion matrices are summed across ranks."""
-        datamodule = self.trainer.datamodule
+        datamodule = trainer_datamodule(self.trainer)
         limit = _batch_limit(self.trainer)
         metric = SegmentationIoU(self.num_classes, self.ignore_index).to(self.device)
         for i, batch in enumerate(datamodule.val_dataloader()):
@@ -131,8 +134,12 @@ class DistillationModule(SegmentationModule):
                 loss(out, teacher_out, batch["mask"], self.ignore_index),
                 self.weight_at(name, self.global_step),
             )
-            for name, loss in self.distill_losses.items()
+            for name, loss in self.losses().items()
         }
+
+    def losses(self) -> dict[str, DistillLoss]:
+        """The distillation losses by name (``distill_losses`` holds only DistillLoss modules)."""
+        return {name: cast(DistillLoss, loss) for name, loss in self.distill_losses.items()}
 
     def weight_at(self, name: str, step: int) -> float:
         """Effective weight of loss ``name`` at optimizer step ``step`` (a pure function: resumes exactly)."""
@@ -144,7 +151,7 @@ class DistillationModule(SegmentationModule):
     @property
     def teacher_fields(self) -> frozenset[str]:
         """Teacher fast path: only the fields some loss reads are computed (and kept alive)."""
-        fields = frozenset().union(*(teacher_fields(loss) for loss in self.distill_losses.values()))
+        fields = frozenset().union(*(teacher_fields(loss) for loss in self.losses().values()))
         return fields or frozenset({"logits"})
 
     def _teacher_outputs(self, batch: Mapping[str, Tensor]) -> SegOutput:
@@ -162,11 +169,11 @@ class DistillationModule(SegmentationModule):
     def _prepare_teacher_cache(self) -> None:
         """Open the teacher-output cache; rank 0 fills it first when it does not exist yet."""
         assert self.teacher_cache is not None
-        trainer, datamodule = self.trainer, self.trainer.datamodule
-        kwargs = dict(
+        trainer, datamodule = self.trainer, trainer_datamodule(self.trainer)
+        kwargs: dict[str, Any] = dict(
             teacher=self.teacher,
             student=self.model,
-            losses=dict(self.distill_losses.items()),
+            losses=self.losses(),
             dataset=datamodule.train_set,
             batch_size=datamodule.batch_size,
             device=self.device,
@@ -195,5 +202,5 @@ def _batch_limit(trainer: Any) -> int | None:
     if isinstance(limit, int):
         return limit
     if isinstance(limit, float) and limit < 1.0:
-        return max(1, int(limit * len(trainer.datamodule.val_dataloader())))
+        return max(1, int(limit * len(trainer_datamodule(trainer).val_dataloader())))
     return None

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 
 from bcd_lightning.lit.nonfinite import NonFiniteGuard
@@ -128,7 +129,7 @@ class SegmentationModule(L.LightningModule):
                 self.log(f"test/{'IoU' if name == 'mIoU' else name}/{class_name}", value)
         self.test_metrics.reset()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, total)

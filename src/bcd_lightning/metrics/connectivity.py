@@ -22,6 +22,8 @@ class ConnectivityError(Metric):
     classes never counted). Lower is better.
     """
 
+    error_sum: Tensor  # states (add_state): per-class sums
+    pairs: Tensor
     full_state_update = False
     higher_is_better = False
 

@@ -39,6 +39,8 @@ class SegModel(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        # smp models expose encoder / decoder / segmentation_head dynamically: typed loosely on purpose.
+        self.net: Any
         try:
             self.net = smp.create_model(
                 arch,
