@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -215,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds for every student")
     parser.add_argument("--results-doc", type=Path, default=None, help="also write this markdown document")
     args = parser.parse_args(argv)
+    # The stages' messages (utils.logs) to the console; the stages' run directories hold the rest.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
     run_pipeline(
         args.overrides, args.students.split(","), args.retrain_teacher, args.out_dir, seeds, args.results_doc

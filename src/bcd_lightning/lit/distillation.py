@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from rich.console import Console
 from torch import Tensor, nn
 
 from bcd_lightning.data.datamodule import trainer_datamodule
@@ -18,6 +17,9 @@ from bcd_lightning.lit.segmentation import SegmentationModule
 from bcd_lightning.metrics import SegmentationIoU
 from bcd_lightning.models import FrozenTeacher, SegModel, SegOutput
 from bcd_lightning.teacher_cache import TeacherCache
+from bcd_lightning.utils.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -100,7 +102,7 @@ class DistillationModule(SegmentationModule):
     def on_fit_start(self) -> None:
         self.teacher.train(False)
         self.teacher_val_miou = self._score_teacher()
-        Console().print(f"[bold]Teacher val mIoU before fitting: {self.teacher_val_miou:.4f}[/bold]")
+        log.info("Teacher val mIoU before fitting: %.4f", self.teacher_val_miou)
         for logger in self.loggers:
             logger.log_metrics({"teacher/val_mIoU": self.teacher_val_miou}, step=0)
         if self.teacher_min_miou is not None and self.teacher_val_miou < self.teacher_min_miou:
@@ -178,7 +180,7 @@ class DistillationModule(SegmentationModule):
             batch_size=datamodule.batch_size,
             device=self.device,
             num_workers=datamodule.num_workers,
-            log=lambda msg: Console().print(msg),
+            log=log.info,
         )
         if trainer.world_size > 1 and not trainer.is_global_zero:
             trainer.strategy.barrier("teacher_cache")
