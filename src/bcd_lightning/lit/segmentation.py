@@ -12,7 +12,15 @@ from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 
 from bcd_lightning.lit.nonfinite import NonFiniteGuard
-from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from bcd_lightning.lit.optim import (
+    OptimizerFactory,
+    SchedulerConfig,
+    SchedulerFactory,
+    as_scheduler,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+)
 from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel, SegOutput
 
@@ -23,7 +31,9 @@ class SegmentationModule(L.LightningModule):
     Args:
         model: the network being trained (saved in checkpoints under ``model.``).
         num_classes, ignore_index, class_names: label space.
-        optimizer, scheduler: plain config values (see :mod:`bcd_lightning.lit.optim`).
+        optimizer: ``params -> Optimizer``, e.g. a ``_partial_`` torch optimizer from ``conf/optimizer``.
+        scheduler: a :class:`~bcd_lightning.lit.optim.SchedulerConfig` or a ``_partial_`` torch
+            scheduler (see :mod:`bcd_lightning.lit.optim`).
         config: the composed run config as a plain dict, stored in the checkpoint so ``bcd-eval`` can
             rebuild the model from the checkpoint alone.
         nonfinite: ``stop`` or ``skip`` a training step whose loss is NaN/inf (:mod:`.nonfinite`).
@@ -35,8 +45,8 @@ class SegmentationModule(L.LightningModule):
         num_classes: int,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
-        optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
-        scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerConfig | SchedulerFactory | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         nonfinite: str = "stop",
     ) -> None:
@@ -49,8 +59,9 @@ class SegmentationModule(L.LightningModule):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.optimizer_cfg = _as_dataclass(OptimizerConfig, optimizer)
-        self.scheduler_cfg = _as_dataclass(SchedulerConfig, scheduler)
+        check_optimizer(optimizer)
+        self.optimizer_cfg = optimizer  # a `_partial_` torch optimizer (None: lit.optim.DEFAULT_OPTIMIZER)
+        self.scheduler_cfg = as_scheduler(dict(scheduler) if isinstance(scheduler, Mapping) else scheduler)
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
         # Plain values only: checkpoints load with torch's weights_only=True.
         self.save_hyperparameters(
@@ -134,11 +145,3 @@ class SegmentationModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _as_dataclass(cls: type, value: Any) -> Any:
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    return cls(**dict(value))
