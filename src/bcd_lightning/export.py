@@ -106,6 +106,7 @@ def export_student(
         "class_names": (config.get("data") or {}).get("class_names"),
         "input": f"float32 [B, 3, H, W], ImageNet-normalised, H and W multiples of {model.output_stride}",
         "output": "logits [B, num_classes, H, W]",
+        "output_stride": model.output_stride,
         "example_size": [h, w],
         "parameters": count_parameters(student),
         "torchscript": str(out / "student.pt"),
