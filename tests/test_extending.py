@@ -17,7 +17,7 @@ import pytest
 
 import bcd_lightning
 from bcd_lightning.utils.presets import group_options
-from support import FAST
+from support import FAST, load_script
 
 LOSS_MODULE = '''
 import torch
@@ -104,3 +104,12 @@ def test_new_loss_module_and_preset_train_and_show_in_help(
     assert record["method"] == "mine"
     # A random student and a random teacher disagree: the new term is positive and finite.
     assert 0 < record["metrics"]["train/loss/mine"] < float("inf")
+
+
+def test_extra_preset_is_a_method_of_the_comparison(plugin_dir: Path, monkeypatch) -> None:
+    """``scripts/compare.py`` runs every preset it discovers; the throw-away one must be among them."""
+    compare = load_script("compare")
+    if not hasattr(compare, "preset_methods"):
+        pytest.skip("scripts/compare.py has no preset discovery (preset_methods) on this branch")
+    monkeypatch.setenv("BCD_CONFIG_PATH", str(plugin_dir / "conf"))
+    assert "mine" in compare.preset_methods()
