@@ -133,7 +133,11 @@ def _matches(value: Any, annotation: Any) -> bool:
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+        # A config value is never a tensor: `float | Tensor` (torch optimizers' lr) means float here.
+        args = [a for a in typing.get_args(annotation) if not _is_tensor_type(a)] or typing.get_args(
+            annotation
+        )
+        return any(_matches(value, arg) for arg in args)
     if annotation is type(None):
         return value is None
     if annotation is bool:
@@ -151,6 +155,12 @@ def _matches(value: Any, annotation: Any) -> bool:
     if typing.get_origin(annotation) is typing.Literal:
         return value in typing.get_args(annotation)
     return True
+
+
+def _is_tensor_type(annotation: Any) -> bool:
+    return getattr(annotation, "__name__", None) == "Tensor" and str(
+        getattr(annotation, "__module__", "")
+    ).startswith("torch")
 
 
 def _signature(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
