@@ -57,9 +57,10 @@ test: ## Fast test suite (< 15 min on 2 cores)
 test-full: ## Every test, including the slow ones
 	WANDB_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "" $(ARGS)
 
-lint: ## ruff check + format check
+lint: ## ruff check + format check + pyright (types of src/)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/pyright --pythonpath $(BIN)/python
 
 format: ## ruff fix + format
 	$(BIN)/ruff check --fix src tests scripts

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bcd_lightning.pipeline import run_pipeline
 from support import FAST
 
@@ -29,3 +31,21 @@ def test_pipeline_trains_teacher_once_and_writes_table(tmp_path: Path, capsys) -
     assert "Reusing the teacher checkpoint" in capsys.readouterr().out
     assert not (tmp_path / "second" / "teacher").exists()
     assert [r["model"] for r in rows] == ["teacher", "baseline"]
+
+
+def test_aggregate_means_and_sample_std_over_seeds() -> None:
+    from bcd_lightning.pipeline import aggregate
+
+    def row(model: str, seed: int, miou: float, ms: float, bg: float) -> dict:
+        scores = {"boundary_iou": 0.5, "boundary_f": 0.4, "connectivity_err": 1.0}
+        return {"model": model, "arch": "a/b", "params": 7, "seed": seed, "mIoU": miou, "ms_per_image": ms,
+                "per_class": {"bg": bg}, **scores}  # fmt: skip
+
+    kd, teacher = aggregate(
+        [row("kd", 0, 0.5, 2.0, 0.9), row("kd", 1, 0.7, 4.0, 0.7), row("t", 0, 0.8, 5, 1)]
+    )
+    assert (kd["model"], kd["seeds"], kd["arch"], kd["params"]) == ("kd", 2, "a/b", 7)
+    # mean 0.6; sample std sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1 * sqrt(2)
+    assert kd["mIoU"] == pytest.approx(0.6) and kd["mIoU_std"] == pytest.approx(0.1 * 2**0.5)
+    assert kd["ms_per_image"] == pytest.approx(3.0) and kd["per_class"] == {"bg": pytest.approx(0.8)}
+    assert (teacher["seeds"], teacher["mIoU"], teacher["mIoU_std"]) == (1, 0.8, 0.0)

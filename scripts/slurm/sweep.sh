@@ -8,7 +8,9 @@ GPUS=${GPUS:-1}            # per job (DDP when > 1: trainer=ddp, one task per GP
 TIME_MIN=${TIME_MIN:-240}
 MEM_GB=${MEM_GB:-64}
 TASK=${TASK:-compare_slurm}
-METHODS=${METHODS:-none,kd,cwd,skd,ifvd,cirkd,boundary,context,bcd}
+# Default: every preset of the distill group (conf/distill/*.yaml and BCD_CONFIG_PATH), so a new method needs no edit.
+PY="$(dirname "$(command -v bcd-train)")/python"   # the interpreter bcd-train runs with
+METHODS=${METHODS:-$("$PY" -c "from bcd_lightning.utils.presets import group_options; print(','.join(group_options('distill')))")}
 SEEDS=${SEEDS:-0,1,2}
 
 if [ "$GPUS" -gt 1 ]; then TRAINER="trainer=ddp trainer.devices=$GPUS"; else TRAINER="trainer=gpu"; fi

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 
@@ -86,7 +86,7 @@ def incomplete_jobs(root: Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob(".hydra") if not (p.parent / RECORD_NAME).is_file())
 
 
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1; 0 for one value) of the finite values."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -121,14 +121,18 @@ def summarize(
     rows = []
     for name in names:
         members = groups[name]
-        row: dict[str, Any] = {by: name, "n": len(members), "seeds": sorted({m.get("seed") for m in members})}
+        row: dict[str, Any] = {
+            by: name,
+            "n": len(members),
+            "seeds": sorted(cast(set[int], {m.get("seed") for m in members})),
+        }
         for key in metrics:
             row[key], row[f"{key}_std"] = mean_std(metric_value(m, key) for m in members)
         rows.append(row)
     return rows
 
 
-def format_cell(mean: float, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
+def format_cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
     """``mean ± std`` scaled for display; ``–`` when the value is missing."""
     if mean is None or not math.isfinite(mean):
         return "–"

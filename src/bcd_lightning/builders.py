@@ -91,7 +91,7 @@ def build_teacher_cache(cfg: DictConfig, datamodule: SegDataModule) -> TeacherCa
 
 def build_module(cfg: DictConfig, datamodule: SegDataModule) -> SegmentationModule:
     """A DistillationModule when ``distill.losses`` is non-empty, else a plain SegmentationModule."""
-    common = dict(
+    common: dict[str, Any] = dict(
         num_classes=datamodule.num_classes,
         ignore_index=datamodule.ignore_index,
         class_names=datamodule.class_names,

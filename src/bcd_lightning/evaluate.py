@@ -29,10 +29,13 @@ from bcd_lightning.inference import InferenceConfig
 from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.utils.config_check import check_config
 from bcd_lightning.utils.errors import friendly_errors
+from bcd_lightning.utils.logs import get_logger
 from bcd_lightning.utils.overrides import precheck_overrides
 from bcd_lightning.utils.run_dir import atomic_write_text, save_and_print_config
 
 REUSED_GROUPS = ("data", "student")
+
+log = get_logger(__name__)
 
 
 def _overridden_groups() -> set[str]:
@@ -111,7 +114,7 @@ def _report(metrics: dict[str, Any], output_dir: Path) -> None:
     writer.writerow(["class", *names])
     writer.writerows([cls, *(per_class[name][cls] for name in names)] for cls in metrics["per_class"])
     atomic_write_text(output_dir / "per_class.csv", rows.getvalue())
-    print(f"Saved {output_dir / 'metrics.json'}, per_class.csv and confusion_matrix.png")
+    log.info("Saved %s, per_class.csv and confusion_matrix.png", output_dir / "metrics.json")
 
 
 def _fmt(name: str, value: float) -> str:

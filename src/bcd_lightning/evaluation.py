@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from bcd_lightning.inference import InferenceConfig, predict_scores
-from bcd_lightning.metrics import SegMetrics
+from bcd_lightning.metrics import SegmentationIoU, SegMetrics
 from bcd_lightning.models import SegModel
 from bcd_lightning.models.teacher import extract_model_state, load_checkpoint_file
 
@@ -47,7 +47,7 @@ def evaluate_model(
         **metrics.compute(),
         "per_class": per_class["mIoU"],
         "per_class_metrics": per_class,
-        "confusion_matrix": metrics.metrics["mIoU"].confmat.tolist(),
+        "confusion_matrix": cast(SegmentationIoU, metrics.metrics["mIoU"]).confmat.tolist(),
     }
 
 

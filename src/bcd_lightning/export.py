@@ -17,11 +17,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from bcd_lightning.evaluation import load_run_checkpoint
@@ -58,7 +58,7 @@ def load_student(ckpt_path: str | Path) -> tuple[SegModel, dict[str, Any]]:
             f"{ckpt_path} has no run config (hyper_parameters.config.student): export needs a checkpoint "
             "written by bcd-train."
         )
-    model = build_model(OmegaConf.create(config["student"]))
+    model = build_model(DictConfig(config["student"]))
     load_weights_strict(model, state, f"Checkpoint {ckpt_path}", "Was it written by bcd-train?")
     return model.eval(), config
 
@@ -96,7 +96,7 @@ def export_student(
         resize = model.net(example).shape[-2:] != example.shape[-2:]
         student = LogitsOnly(model, resize=resize).eval()
         reference = student(example)
-        traced = torch.jit.trace(student, example, check_trace=False)
+        traced = cast(torch.jit.ScriptModule, torch.jit.trace(student, example, check_trace=False))
     _atomic_save_script(traced, out / "student.pt")
     summary: dict[str, Any] = {
         "checkpoint": str(ckpt_path),
@@ -106,6 +106,7 @@ def export_student(
         "class_names": (config.get("data") or {}).get("class_names"),
         "input": f"float32 [B, 3, H, W], ImageNet-normalised, H and W multiples of {model.output_stride}",
         "output": "logits [B, num_classes, H, W]",
+        "output_stride": model.output_stride,
         "example_size": [h, w],
         "parameters": count_parameters(student),
         "torchscript": str(out / "student.pt"),

@@ -14,7 +14,6 @@ normalisation) up to a multiple of its ``output_stride`` and the padding is crop
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd_lightning.utils.config_check import ConfigError
+from bcd_lightning.utils.config_check import ConfigError, as_pair, suggest_keys
 
 MODES = ("whole", "slide")
 
@@ -73,7 +72,7 @@ class InferenceConfig:
             isinstance(scales, (str, bytes))
             or not isinstance(scales, Sequence)
             or not scales
-            or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales)
+            or any(isinstance(s, bool) or not isinstance(s, (int, float)) or float(s) <= 0 for s in scales)
         ):
             raise ConfigError(f"{key}.scales={scales!r} must be a non-empty list of numbers > 0, e.g. [1.0].")
         object.__setattr__(self, "window", window)
@@ -90,9 +89,7 @@ class InferenceConfig:
         valid = list(cls.__dataclass_fields__)
         for key in node:
             if key not in valid:
-                close = difflib.get_close_matches(str(key), valid, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"Unknown key 'inference.{key}'.{hint} Valid keys: {', '.join(valid)}.")
+                raise ConfigError(f"Unknown key 'inference.{key}'.{suggest_keys(str(key), valid)}")
         return cls(**dict(node))
 
     @property
@@ -105,18 +102,7 @@ class InferenceConfig:
 
 
 def _pair(key: str, value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        isinstance(value, (str, bytes))
-        or not isinstance(value, Sequence)
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
-    ):
-        raise ConfigError(f"{key}={value!r} must be [height, width], two integers >= 1 (or one integer).")
-    return int(value[0]), int(value[1])
+    return None if value is None else as_pair(value, key, ConfigError)
 
 
 def model_logits(model: Model, image: Tensor) -> Tensor:

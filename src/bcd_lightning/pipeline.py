@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bcd_lightning import builders
-from bcd_lightning.aggregate import mean_std
+from bcd_lightning.aggregate import summarize
 from bcd_lightning.evaluation import evaluate_model, inference_ms_per_image, load_run_checkpoint
 from bcd_lightning.models import count_parameters
 from bcd_lightning.models.teacher import load_weights_strict
@@ -106,28 +107,23 @@ def run_pipeline(
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per model: mean and sample std over seeds of mIoU, mean per-class IoU."""
-    models: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        models.setdefault(r["model"], []).append(r)
+    """One entry per model: mean and sample std over seeds (:func:`aggregate.summarize`), per-class means."""
+    classes = list(rows[0]["per_class"])
+    flat = [{**r, **{f"class/{c}": r["per_class"][c] for c in classes}} for r in rows]
+    keys = ["mIoU", "boundary_iou", "boundary_f", "connectivity_err", "ms_per_image"]
     out = []
-    for name, runs in models.items():
-        mean, std = mean_std(r["mIoU"] for r in runs)
-        means = {
-            k: mean_std(r[k] for r in runs)[0] for k in ("boundary_iou", "boundary_f", "connectivity_err")
-        }
-        classes = runs[0]["per_class"]
+    for row in summarize(flat, [*keys, *(f"class/{c}" for c in classes)], by="model"):
+        first = next(r for r in rows if r["model"] == row["model"])
+        per_class = {c: row.pop(f"class/{c}") for c in classes}
+        for c in classes:
+            row.pop(f"class/{c}_std")
         out.append(
             {
-                "model": name,
-                "arch": runs[0]["arch"],
-                "params": runs[0]["params"],
-                "ms_per_image": sum(r["ms_per_image"] for r in runs) / len(runs),
-                "seeds": len(runs),
-                "mIoU": mean,
-                "mIoU_std": std,
-                **means,
-                "per_class": {c: sum(r["per_class"][c] for r in runs) / len(runs) for c in classes},
+                **row,
+                "arch": first["arch"],
+                "params": first["params"],
+                "seeds": row["n"],
+                "per_class": per_class,
             }
         )
     return out
@@ -220,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds for every student")
     parser.add_argument("--results-doc", type=Path, default=None, help="also write this markdown document")
     args = parser.parse_args(argv)
+    # The stages' messages (utils.logs) to the console; the stages' run directories hold the rest.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
     run_pipeline(
         args.overrides, args.students.split(","), args.retrain_teacher, args.out_dir, seeds, args.results_doc

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bcd_lightning.callbacks.teacher_guard import state_digest
-from bcd_lightning.data.datamodule import WithIndex
+from bcd_lightning.data.datamodule import WithIndex, dataset_size
 from bcd_lightning.distill.base import DistillLoss, teacher_fields
 from bcd_lightning.models.outputs import SegOutput
 from bcd_lightning.utils.config_check import ConfigError
@@ -136,7 +136,7 @@ def dataset_identity(dataset: Dataset) -> Any:
     ident = getattr(base, "cache_identity", None)
     if callable(ident):
         return ident()
-    return {"class": f"{type(base).__module__}.{type(base).__qualname__}", "length": len(base)}
+    return {"class": f"{type(base).__module__}.{type(base).__qualname__}", "length": dataset_size(base)}
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -230,7 +230,7 @@ class TeacherCache:
         ``may_fill=False`` (non-zero ranks of a multi-process run) only opens a complete cache.
         """
         check_deterministic(dataset)
-        n = len(dataset)
+        n = dataset_size(dataset)
         fields = frozenset().union(*(teacher_fields(loss) for loss in losses.values()))
         # Own generator: the fill must not draw from the global RNG (training would shuffle differently).
         loader = DataLoader(
@@ -289,7 +289,7 @@ class TeacherCache:
         per_sample = {name: math.prod(shape) * itemsize for name, shape in spec.items()}
         total = n * sum(per_sample.values())
         if total > self.config.max_gib * 2**30:
-            biggest = sorted(per_sample, key=per_sample.get, reverse=True)[:3]
+            biggest = sorted(per_sample, key=lambda name: per_sample[name], reverse=True)[:3]
             raise ConfigError(
                 f"teacher.cache would need {total / 2**30:.1f} GiB for {n} samples, above "
                 f"teacher.cache.max_gib={self.config.max_gib}; largest entries per sample: "

@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
@@ -17,9 +18,12 @@ from bcd_lightning.aggregate import method_name, write_run_record
 from bcd_lightning.callbacks.step_timer import MEDIAN_KEY, batch_geometry
 from bcd_lightning.utils.config_check import ConfigError, check_config
 from bcd_lightning.utils.errors import friendly_errors
+from bcd_lightning.utils.logs import get_logger
 from bcd_lightning.utils.overrides import precheck_overrides
 from bcd_lightning.utils.resume import LIGHTNING_NAMES, check_checkpoint_matches, resolve_ckpt_path
 from bcd_lightning.utils.run_dir import atomic_copy, save_and_print_config
+
+log = get_logger(__name__)
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -58,15 +62,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = builders.build_module(cfg, datamodule)
     if ckpt_path and ckpt_path not in LIGHTNING_NAMES:
         check_checkpoint_matches(ckpt_path, module)
-        print(f"Resuming from {ckpt_path}")
+        log.info("Resuming from %s", ckpt_path)
     callbacks = builders.build_callbacks(cfg)
     loggers = builders.build_loggers(cfg)
     trainer = builders.build_trainer(cfg, callbacks, loggers)
     try:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -76,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "export_best_to is set but no best checkpoint was saved (is validation on?)"
                 )
             atomic_copy(Path(best), Path(cfg.export_best_to))
-            print(f"Best checkpoint exported to {cfg.export_best_to}")
+            log.info("Best checkpoint exported to %s", cfg.export_best_to)
         metrics.update(run_summary(cfg, trainer, best))
         if trainer.is_global_zero:
             write_run_record(output_dir, run_record(cfg, metrics, best))
@@ -92,8 +97,8 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, best: str) -> dict[str, flo
     """Best monitored score (``<monitor>_best``, e.g. ``val/mIoU_best``) and the batch geometry."""
     summary: dict[str, float] = {}
     ckpt = trainer.checkpoint_callback
-    monitor = getattr(ckpt, "monitor", None)
-    if monitor:
+    monitor = ckpt.monitor if isinstance(ckpt, ModelCheckpoint) else None
+    if isinstance(ckpt, ModelCheckpoint) and monitor:
         score = ckpt.best_model_score
         if score is None and best:  # ddp_spawn: the score stays in the worker, the checkpoint has it
             score = _best_score_in_checkpoint(Path(best))

@@ -54,7 +54,11 @@ def test_preset_composes_with_the_protocol(preset: str) -> None:
     assert cfg.trainer.max_steps == 40000 and cfg.trainer.max_epochs == -1
     assert cfg.trainer.check_val_every_n_epoch is None and cfg.trainer.val_check_interval == 800
     assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.get("num_nodes", 1) == 16
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("sgd", 0.02, 1e-4)
+    assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (
+        "torch.optim.SGD",
+        0.02,
+        1e-4,
+    )
     assert (cfg.scheduler.name, cfg.scheduler.power) == ("poly", 0.9)
     crop = {"cityscapes": [512, 1024], "voc": [512, 512], "ade20k": [512, 512], "camvid": [360, 360]}[dataset]
     assert list(cfg.data.train_set.transform.crop_size) == crop

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
 from bcd_lightning.lit.optim import (
-    OptimizerConfig,
     SchedulerConfig,
     build_optimizer,
     build_scheduler,
@@ -32,7 +32,7 @@ def test_warmup_then_cosine() -> None:
 
 def test_scheduler_drives_optimizer_lr() -> None:
     params = [torch.nn.Parameter(torch.zeros(1))]
-    opt = build_optimizer(params, OptimizerConfig(name="sgd", lr=0.02))
+    opt = build_optimizer(params, functools.partial(torch.optim.SGD, lr=0.02))
     sched = build_scheduler(opt, SchedulerConfig(name="poly", power=1.0), total_steps=4)
     lrs = []
     for _ in range(4):
@@ -44,7 +44,7 @@ def test_scheduler_drives_optimizer_lr() -> None:
 
 def test_adamw_and_onecycle_build() -> None:
     params = [torch.nn.Parameter(torch.zeros(1))]
-    opt = build_optimizer(params, OptimizerConfig(name="adamw", lr=1e-3, betas=[0.8, 0.9]))
+    opt = build_optimizer(params, functools.partial(torch.optim.AdamW, lr=1e-3, betas=(0.8, 0.9)))
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.8, 0.9)
     assert isinstance(
         build_scheduler(opt, SchedulerConfig(name="onecycle"), 10), torch.optim.lr_scheduler.OneCycleLR
@@ -54,8 +54,6 @@ def test_adamw_and_onecycle_build() -> None:
 @pytest.mark.parametrize(
     ("cls", "kwargs", "match"),
     [
-        (OptimizerConfig, {"name": "adam"}, "optimizer.name"),
-        (OptimizerConfig, {"lr": 0.0}, "optimizer.lr"),
         (SchedulerConfig, {"name": "step"}, "scheduler.name"),
         (SchedulerConfig, {"warmup_ratio": 1.5}, "scheduler.warmup_ratio"),
     ],
@@ -63,3 +61,25 @@ def test_adamw_and_onecycle_build() -> None:
 def test_bad_values_name_the_key(cls, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_any_torch_optimizer_and_scheduler_from_the_config() -> None:
+    from hydra.utils import instantiate
+
+    from bcd_lightning.lit.optim import check_optimizer
+    from support import compose_config
+
+    overrides = ["paths.output_dir=unused", "optimizer._target_=torch.optim.Adam", "~optimizer.momentum"]
+    cfg = compose_config([*overrides, "~optimizer.nesterov", "optimizer.lr=0.125"])
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = build_optimizer(params, instantiate(cfg.optimizer))
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["lr"] == 0.125
+    step = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    sched = build_scheduler(opt, step, total_steps=10)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0625
+    with pytest.raises(ValueError, match="optimizer: Invalid learning rate"):
+        check_optimizer(functools.partial(torch.optim.SGD, lr=-1.0))
+    with pytest.raises(ValueError, match=r"must build a torch\.optim\.Optimizer"):
+        check_optimizer(lambda params: params)

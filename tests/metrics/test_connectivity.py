@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import pytest
@@ -104,7 +103,7 @@ def test_matches_flood_fill_reference(connectivity: int, bfs_component_counts: B
 
 def test_state_merge_and_order_independence() -> None:
     pred, target = random_batch(3, b=6)
-    whole, rank0, rank1 = (ConnectivityError(4, cldice_class=1) for _ in range(3))
+    whole, rank0, rank1 = (ConnectivityError(4) for _ in range(3))
     whole.update(pred, target)
     rank0.update(pred[3:], target[3:])
     rank1.update(pred[:3], target[:3])
@@ -113,7 +112,6 @@ def test_state_merge_and_order_independence() -> None:
     assert all(v.dtype == torch.long for v in rank0.metric_state.values())
     for name, value in whole.metric_state.items():
         assert torch.equal(getattr(rank0, name), value), name
-    assert rank0.cldice().item() == pytest.approx(whole.cldice().item())
 
 
 def test_scores_input_and_output_types() -> None:
@@ -126,36 +124,3 @@ def test_scores_input_and_output_types() -> None:
     ref = ConnectivityError(4)
     ref.update(pred, target)
     assert out.item() == ref.compute().item()
-
-
-# ----------------------------------------------------------------------------------------- clDice
-
-
-def test_cldice_line_with_gap() -> None:
-    target = torch.zeros(1, 5, 24, dtype=torch.long)
-    target[0, 2, 2:22] = 1  # 20-pixel line: its own skeleton
-    pred = target.clone()
-    pred[0, 2, 11:13] = 0  # broken by a 2-pixel gap
-    m = ConnectivityError(2, cldice_class=1)
-    m.update(pred, target)
-    tprec, tsens = 18 / 18, 18 / 20
-    assert m.cldice().item() == pytest.approx(2 * tprec * tsens / (tprec + tsens))
-    assert m.compute().item() == pytest.approx(1 / 2)  # class 1: |2 - 1|; background: 0
-
-
-def test_cldice_perfect_missing_and_undefined() -> None:
-    target = torch.zeros(1, 16, 16, dtype=torch.long)
-    target[0, 3:12, 4:9] = 1
-    perfect = ConnectivityError(3, cldice_class=1)
-    perfect.update(target, target)
-    assert perfect.cldice().item() == pytest.approx(1.0)
-    missed = ConnectivityError(3, cldice_class=1)
-    missed.update(torch.zeros_like(target), target)
-    assert missed.cldice().item() == 0
-    absent = ConnectivityError(3, cldice_class=2)
-    absent.update(target, target)
-    assert math.isnan(absent.cldice().item())
-    with pytest.raises(RuntimeError):
-        ConnectivityError(3).cldice()
-    with pytest.raises(ValueError):
-        ConnectivityError(3, cldice_class=3)

@@ -10,16 +10,30 @@ import torch.nn.functional as F
 
 from bcd_lightning.metrics.morphology import (
     NO_CLASS,
-    binary_skeleton,
+    _check_components_args,
+    _union_runs,
     boundary_band,
     count_components,
-    erode,
-    label_components,
     sliding_reduce_1d,
     window_reduce,
 )
 
 BfsCounts = Callable[[torch.Tensor, int, int], list[int]]
+
+
+def erode(mask: torch.Tensor, radius: int, border_is_background: bool = True) -> torch.Tensor:
+    """Binary erosion by a (2r+1)² square (r iterations of a 3×3 erosion); zero-padded frame with
+    ``border_is_background`` (as ``mask_to_boundary`` of Cheng et al.), else a neutral frame."""
+    m = mask.to(torch.uint8)
+    return window_reduce(m, radius, torch.minimum, 0 if border_is_background else 1).bool()
+
+
+def label_components(labels: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
+    """Component id of every pixel of ``labels [N, H, W]`` (``NO_CLASS`` regions included), from the
+    union-find that ``count_components`` runs."""
+    _check_components_args(labels, connectivity)
+    run_id, parent, _ = _union_runs(labels, connectivity)
+    return parent[run_id].view(labels.shape)
 
 
 def spiral(h: int, w: int) -> torch.Tensor:
@@ -127,37 +141,3 @@ def test_components_match_bfs_on_random_maps(
             counts = count_components(labels.contiguous(), 3, connectivity)
             for i in range(labels.size(0)):
                 assert counts[i].tolist() == bfs_component_counts(labels[i], 3, connectivity)
-
-
-def soft_skeleton(img: torch.Tensor, iters: int) -> torch.Tensor:
-    """Reference: the soft skeleton of Shit et al. (clDice, CVPR 2021) as published, on [N, 1, H, W]."""
-
-    def soft_erode(x: torch.Tensor) -> torch.Tensor:
-        return torch.min(-F.max_pool2d(-x, (3, 1), (1, 1), (1, 0)), -F.max_pool2d(-x, (1, 3), (1, 1), (0, 1)))
-
-    def soft_open(x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(soft_erode(x), (3, 3), (1, 1), (1, 1))
-
-    skel = F.relu(img - soft_open(img))
-    for _ in range(iters):
-        img = soft_erode(img)
-        delta = F.relu(img - soft_open(img))
-        skel = skel + F.relu(delta - skel * delta)
-    return skel
-
-
-def test_binary_skeleton_matches_published_soft_skeleton() -> None:
-    g = torch.Generator().manual_seed(2)
-    masks = torch.rand(4, 6, 7, generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2) < 0.6
-    masks[0] = True  # fills the frame: never erodes with a neutral frame
-    masks[1] = False
-    ref = soft_skeleton(masks.float().unsqueeze(1), iters=16).squeeze(1)
-    assert torch.equal(binary_skeleton(masks), ref.bool()) and set(ref.unique().tolist()) <= {0.0, 1.0}
-
-
-def test_skeleton_of_thick_bar_is_thin() -> None:
-    bar = torch.zeros(1, 9, 20, dtype=torch.bool)
-    bar[0, 2:7, 3:17] = True
-    skel = binary_skeleton(bar)
-    assert skel[0, 4, 5:15].all()  # the medial row survives
-    assert skel.sum() < bar.sum() / 3 and not (skel & ~bar).any()

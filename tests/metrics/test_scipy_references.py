@@ -206,7 +206,7 @@ MAKERS: dict[str, Callable[[], Metric]] = {
     "iou": lambda: SegmentationIoU(K),
     "biou": lambda: BoundaryIoU(K, dilation_pixels=2),
     "bf": lambda: BoundaryFScore(K, tolerance=1),
-    "conn": lambda: ConnectivityError(K, cldice_class=1),
+    "conn": lambda: ConnectivityError(K),
 }
 
 

@@ -10,10 +10,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 class LastCheckpoint(ModelCheckpoint):
     """The latest training state, always: what ``ckpt_path=last`` and ``auto_resume`` resume from.
 
-    Lightning's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only in a step where it also
-    saves a new top-k checkpoint, so after a crash a run would go back to its last *best* epoch. This is an
-    unmonitored ModelCheckpoint writing one file, ``last.ckpt``, on its own schedule. Being its own class
-    gives it its own checkpoint state key, so users may add other unmonitored ModelCheckpoints beside it.
+    Lightning's ``ModelCheckpoint(save_last=True)`` (checked in lightning 2.6: ``on_validation_end`` and
+    ``on_train_epoch_end`` call ``_save_last_checkpoint`` only when ``_last_global_step_saved ==
+    trainer.global_step``) rewrites ``last.ckpt`` only in a step where *that same callback* saved a top-k
+    checkpoint; for a callback monitoring ``val/mIoU`` with ``save_top_k=1`` that is a new best (plus once
+    at train end if it never saved, and on an exception with ``save_on_exception``). After a crash a run
+    would go back to its last best epoch. This is an unmonitored ModelCheckpoint writing one file,
+    ``last.ckpt``, on its own schedule. Being its own class gives it its own checkpoint state key, so
+    users may add other unmonitored ModelCheckpoints beside it.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -26,9 +26,19 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from bcd_lightning.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
+from bcd_lightning.data.datamodule import dataset_size
+from bcd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bcd_lightning.distill.boundary import BoundaryDistillation, BoundaryWeightedKD
 from bcd_lightning.distill.functional import boundary_map
+
+if TYPE_CHECKING:
+    from bcd_lightning.lit.segmentation import SegmentationModule
+
+
+def _seg_module(pl_module: L.LightningModule) -> SegmentationModule:
+    """The callback draws a SegmentationModule's model, class names and ignore index."""
+    return cast("SegmentationModule", pl_module)
+
 
 #: Height in pixels of the title strip above the tiles.
 TITLE_HEIGHT = 16
@@ -204,8 +214,10 @@ class ValidationPanels(L.Callback):
         if self._samples is None:
             loaders = trainer.val_dataloaders
             loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            if loader is None:
+                raise RuntimeError("the panels callback needs a validation dataloader")
             dataset = loader.dataset
-            n = min(self.num_images, len(dataset))
+            n = min(self.num_images, dataset_size(dataset))
             self._samples = [{k: dataset[i][k] for k in ("image", "mask")} for i in range(n)]
         return self._samples
 
@@ -218,7 +230,7 @@ class ValidationPanels(L.Callback):
             or (trainer.current_epoch + 1) % self.every_n_epochs
         ):
             return
-        student = pl_module.model
+        student = _seg_module(pl_module).model
         was_training = student.training
         student.eval()
         try:
@@ -227,7 +239,8 @@ class ValidationPanels(L.Callback):
         finally:
             student.train(was_training)
 
-    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _draw(self, trainer: L.Trainer, lightning_module: L.LightningModule) -> None:
+        pl_module = _seg_module(lightning_module)
         teacher = getattr(pl_module, "teacher", None)
         stage, dilation = boundary_stage(pl_module)
         class_names = list(pl_module.class_names)

@@ -13,7 +13,7 @@ States are stored as tensors and plain Python values so checkpoints keep loading
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 def collect_rng_states() -> dict[str, Any]:
     """The current global RNG states, as ``weights_only``-loadable values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     version, internal, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),

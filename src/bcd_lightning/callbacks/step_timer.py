@@ -53,7 +53,7 @@ class StepTimer(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.durations = []
-        per_device = getattr(trainer.datamodule, "batch_size", None)
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if per_device is None:
             return
         geometry = batch_geometry(trainer, per_device)
@@ -65,10 +65,14 @@ class StepTimer(L.Callback):
             for logger in trainer.loggers:
                 logger.log_hyperparams({f"batch/{k}": v for k, v in geometry.items()})
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._start = self._now(pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._start is None:
             return
         seconds = self._now(pl_module) - self._start

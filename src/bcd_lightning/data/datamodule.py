@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence, Sized
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -13,6 +13,23 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from bcd_lightning.data.resumable_loader import ResumableDataLoader
+
+
+def as_sized(dataset: Dataset) -> Sized:
+    """A map-style dataset as the ``Sized`` samplers want (``torch.utils.data.Dataset`` declares no ``__len__``)."""
+    return cast(Sized, dataset)
+
+
+def dataset_size(dataset: Dataset) -> int:
+    return len(as_sized(dataset))
+
+
+def trainer_datamodule(trainer: L.Trainer) -> SegDataModule:
+    """The datamodule the trainer is fitting with (Lightning sets ``trainer.datamodule`` at fit time)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if not isinstance(datamodule, SegDataModule):
+        raise TypeError(f"expected the trainer to hold a SegDataModule, got {type(datamodule).__name__}")
+    return datamodule
 
 
 class WithIndex(Dataset):
@@ -25,7 +42,7 @@ class WithIndex(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return dataset_size(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
         item = self.dataset[index]
@@ -96,9 +113,9 @@ class SegDataModule(L.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict | None = None
-        if drop_last and len(train_set) < batch_size:
+        if drop_last and dataset_size(train_set) < batch_size:
             raise ValueError(
-                f"data.batch_size={batch_size} is larger than the training set ({len(train_set)} samples) "
+                f"data.batch_size={batch_size} is larger than the training set ({dataset_size(train_set)} samples) "
                 "with data.drop_last=true: no batch would be left. Lower the batch size or add data."
             )
 
@@ -115,13 +132,14 @@ class SegDataModule(L.LightningDataModule):
         )
         if not train:
             return DataLoader(dataset, sampler=evaluation_sampler(dataset), **common)
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        sampler = RandomSampler(as_sized(dataset), generator=torch.Generator().manual_seed(seed))
         return ResumableDataLoader(dataset, sampler=sampler, drop_last=self.drop_last, **common)
 
     def train_dataloader(self) -> DataLoader:
         # Training batches carry "index" (the sample's position) for the teacher-output cache.
         loader = self._loader(WithIndex(self.train_set), self.batch_size, train=True)
-        if self._train_loader_state is not None and isinstance(loader, ResumableDataLoader):
+        assert isinstance(loader, ResumableDataLoader)  # what _loader(train=True) builds
+        if self._train_loader_state is not None:
             loader.restore(self._train_loader_state)
             self._train_loader_state = None
         self._train_loader = loader
@@ -157,5 +175,5 @@ def evaluation_sampler(dataset: Dataset) -> Sampler:
     inexact. Lightning keeps a sampler that is already a DistributedSampler.
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return UnrepeatedDistributedSampler(dataset, shuffle=False)
-    return SequentialSampler(dataset)
+        return UnrepeatedDistributedSampler(as_sized(dataset), shuffle=False)
+    return SequentialSampler(as_sized(dataset))

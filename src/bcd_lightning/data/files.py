@@ -178,16 +178,21 @@ def pair_by_stem(
     return [(images[k], masks[k]) for k in sorted(images)]
 
 
-def read_list_file(path: Path) -> list[str]:
-    """Sample ids from a split list: one per line; blank lines and ``#`` comments skipped. A line with
-    several fields (``/JPEGImages/x.jpg /SegmentationClassAug/x.png``) gives the stem of its first field."""
+def read_list_lines(path: Path) -> list[str]:
+    """The entries of a split list, one per line; blank lines and ``#`` comments skipped."""
     if not path.is_file():
         raise DatasetError(f"Split list {path} not found.")
-    ids = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            ids.append(Path(line.split()[0]).with_suffix("").name if " " in line or "/" in line else line)
-    if not ids:
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
         raise DatasetError(f"Split list {path} is empty.")
-    return ids
+    return lines
+
+
+def read_list_file(path: Path) -> list[str]:
+    """Sample ids from a split list (:func:`read_list_lines`). A line with several fields
+    (``/JPEGImages/x.jpg /SegmentationClassAug/x.png``) gives the stem of its first field."""
+    return [
+        Path(line.split()[0]).with_suffix("").name if " " in line or "/" in line else line
+        for line in read_list_lines(path)
+    ]

@@ -43,6 +43,7 @@ from bcd_lightning.data.files import (
     apply_table,
     label_table,
     pair_by_stem,
+    read_list_lines,
     read_mask_raw,
     require_dir,
     short_list,
@@ -204,10 +205,7 @@ class FolderSegmentation(PairedSegmentation):
     def _pairs_from_list(
         listed: Path, image_root: Path, mask_root: Path, suffix: str
     ) -> list[tuple[Path, Path]]:
-        names = [ln.split("#", 1)[0].strip() for ln in listed.read_text().splitlines()]
-        names = [n for n in names if n]
-        if not names:
-            raise DatasetError(f"Split list {listed} is empty.")
+        names = read_list_lines(listed)
         images = _index_files(image_root, IMAGE_EXTENSIONS, "", "image")
         masks = _index_files(mask_root, MASK_EXTENSIONS, suffix, "mask")
         pairs, missing = [], []

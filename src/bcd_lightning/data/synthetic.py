@@ -1,4 +1,4 @@
-"""Procedural, seeded segmentation data: the embedded default dataset (design §5).
+"""Procedural, seeded segmentation data: the embedded default dataset.
 
 Every sample is rendered from its own ``torch.Generator`` seeded from ``(seed, index)``, so the data are
 exactly reproducible whatever the access order, the number of workers or the cache, and the labels are exact.
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bcd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 CLASS_NAMES: tuple[str, ...] = ("background", "blob_a", "blob_b", "vessel")
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # RGB colours for visualising masks, one per class.
 PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 159, 0), (86, 180, 233), (213, 94, 0))
 

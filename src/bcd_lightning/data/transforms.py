@@ -26,6 +26,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from bcd_lightning.utils.config_check import as_pair
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: The ImageNet mean as uint8 RGB: image padding with this colour is 0 after normalisation.
@@ -35,18 +37,6 @@ MEAN_RGB: tuple[int, int, int] = tuple(round(m * 255) for m in IMAGENET_MEAN)  #
 def normalize(image: Tensor) -> Tensor:
     """uint8 ``[3, H, W]`` -> float32 ImageNet-normalised."""
     return TF.normalize(image.float() / 255.0, list(IMAGENET_MEAN), list(IMAGENET_STD))
-
-
-def _pair(value: int | Sequence[int], key: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        not isinstance(value, Sequence)
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        raise ValueError(f"{key} must be a positive int or a [height, width] pair, got {value!r}")
-    return int(value[0]), int(value[1])
 
 
 class RandomScale(v2.Transform):
@@ -86,7 +76,7 @@ class _ToNormalizedFloat(v2.Transform):
     _transformed_types = (tv_tensors.Image,)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return tv_tensors.wrap(normalize(inpt.as_subclass(Tensor)), like=inpt)
+        return tv_tensors.Image(normalize(inpt.as_subclass(Tensor)))  # inpt is an Image (_transformed_types)
 
 
 class _JointTransform:
@@ -135,7 +125,7 @@ class TrainTransform(_JointTransform):
             steps.append(RandomScale(scale_range))
         if crop_size is not None:
             fill = {tv_tensors.Image: MEAN_RGB, tv_tensors.Mask: ignore_index}
-            steps.append(v2.RandomCrop(_pair(crop_size, "crop_size"), pad_if_needed=True, fill=fill))
+            steps.append(v2.RandomCrop(as_pair(crop_size, "crop_size"), pad_if_needed=True, fill=fill))
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))
         if color_jitter > 0 or hue > 0:
@@ -143,7 +133,7 @@ class TrainTransform(_JointTransform):
             steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=hue))
         steps.append(_ToNormalizedFloat())
         super().__init__(v2.Compose(steps))
-        self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
+        self.crop_size = None if crop_size is None else as_pair(crop_size, "crop_size")
         self.ignore_index = ignore_index
 
 

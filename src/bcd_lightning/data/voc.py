@@ -16,6 +16,7 @@ from bcd_lightning.data.files import (
     label_table,
     read_list_file,
     require_dir,
+    short_list,
 )
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -68,7 +69,8 @@ class PascalVOC(PairedSegmentation):
                 missing.append(str(image if not image.is_file() else mask))
             pairs.append((image, mask))
         if missing:
-            shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
-            raise DatasetError(f"Pascal VOC split {split!r} lists files that do not exist: {shown}.")
+            raise DatasetError(
+                f"Pascal VOC split {split!r} lists files that do not exist: {short_list(missing)}."
+            )
         super().__init__(pairs, f"PascalVOC {split} ({base})", transform, ignore_index)
         self.table = label_table(256, {i: i for i in range(len(CLASS_NAMES))} | {VOID: ignore_index})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from rich.console import Console
 from torch import Tensor, nn
 
+from bcd_lightning.data.datamodule import trainer_datamodule
 from bcd_lightning.distill.adapters import bind_adapters
 from bcd_lightning.distill.base import DistillLoss, teacher_fields
 from bcd_lightning.distill.schedules import WeightSchedule, as_schedule, scheduled_weight
@@ -17,6 +17,9 @@ from bcd_lightning.lit.segmentation import SegmentationModule
 from bcd_lightning.metrics import SegmentationIoU
 from bcd_lightning.models import FrozenTeacher, SegModel, SegOutput
 from bcd_lightning.teacher_cache import TeacherCache
+from bcd_lightning.utils.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -49,6 +52,8 @@ class DistillationModule(SegmentationModule):
             steps then read the teacher's outputs from it instead of running the teacher.
         **kwargs: see :class:`SegmentationModule`.
     """
+
+    teacher: FrozenTeacher  # not a submodule (set with object.__setattr__): declared for the type checker
 
     def __init__(
         self,
@@ -97,7 +102,7 @@ class DistillationModule(SegmentationModule):
     def on_fit_start(self) -> None:
         self.teacher.train(False)
         self.teacher_val_miou = self._score_teacher()
-        Console().print(f"[bold]Teacher val mIoU before fitting: {self.teacher_val_miou:.4f}[/bold]")
+        log.info("Teacher val mIoU before fitting: %.4f", self.teacher_val_miou)
         for logger in self.loggers:
             logger.log_metrics({"teacher/val_mIoU": self.teacher_val_miou}, step=0)
         if self.teacher_min_miou is not None and self.teacher_val_miou < self.teacher_min_miou:
@@ -112,7 +117,7 @@ class DistillationModule(SegmentationModule):
     def _score_teacher(self) -> float:
         """Teacher mIoU on the full validation split: each rank scores its disjoint share (no padding,
         see data.datamodule.evaluation_sampler) and the confusion matrices are summed across ranks."""
-        datamodule = self.trainer.datamodule
+        datamodule = trainer_datamodule(self.trainer)
         limit = _batch_limit(self.trainer)
         metric = SegmentationIoU(self.num_classes, self.ignore_index).to(self.device)
         for i, batch in enumerate(datamodule.val_dataloader()):
@@ -123,31 +128,20 @@ class DistillationModule(SegmentationModule):
         return float(metric.compute())  # mIoU only: this runs once, before fitting
 
     # --- training -----------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
-        snapshot = self.nonfinite_guard.snapshot(self)  # nonfinite=skip only: BatchNorm statistics
-        image, target = batch["image"], batch["mask"]
-        student_out = self.model(image)
+    def extra_terms(self, batch: Mapping[str, Tensor], out: SegOutput) -> dict[str, tuple[Tensor, float]]:
+        """Each distillation loss on the student's and the teacher's outputs, with its scheduled weight."""
         teacher_out = self._teacher_outputs(batch)
-        n = len(target)
-        ce = total = self.cross_entropy(student_out.logits, target)
-        self.log("train/loss/ce", ce, on_step=True, on_epoch=True, batch_size=n)
-        raw_terms = {}
-        for name, loss in self.distill_losses.items():
-            raw = loss(student_out, teacher_out, target, self.ignore_index)
-            weight = self.weight_at(name, self.global_step)
-            weighted = weight * raw
-            self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
-            raw_terms[name] = raw
-            self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
-            self.log(f"train/loss/{name}_weighted", weighted, on_step=True, on_epoch=True, batch_size=n)
-            total = total + weighted
-        # One device sync per step (not one per term); the slow path names the culprit and its weight.
-        if not torch.isfinite(total):
-            weights = {name: self.weight_at(name, self.global_step) for name in raw_terms}
-            terms = {"ce": ce, **raw_terms}
-            return self.nonfinite_guard.on_nonfinite(self, terms, weights, snapshot)
-        self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        return total
+        return {
+            name: (
+                loss(out, teacher_out, batch["mask"], self.ignore_index),
+                self.weight_at(name, self.global_step),
+            )
+            for name, loss in self.losses().items()
+        }
+
+    def losses(self) -> dict[str, DistillLoss]:
+        """The distillation losses by name (``distill_losses`` holds only DistillLoss modules)."""
+        return {name: cast(DistillLoss, loss) for name, loss in self.distill_losses.items()}
 
     def weight_at(self, name: str, step: int) -> float:
         """Effective weight of loss ``name`` at optimizer step ``step`` (a pure function: resumes exactly)."""
@@ -159,7 +153,7 @@ class DistillationModule(SegmentationModule):
     @property
     def teacher_fields(self) -> frozenset[str]:
         """Teacher fast path: only the fields some loss reads are computed (and kept alive)."""
-        fields = frozenset().union(*(teacher_fields(loss) for loss in self.distill_losses.values()))
+        fields = frozenset().union(*(teacher_fields(loss) for loss in self.losses().values()))
         return fields or frozenset({"logits"})
 
     def _teacher_outputs(self, batch: Mapping[str, Tensor]) -> SegOutput:
@@ -177,16 +171,16 @@ class DistillationModule(SegmentationModule):
     def _prepare_teacher_cache(self) -> None:
         """Open the teacher-output cache; rank 0 fills it first when it does not exist yet."""
         assert self.teacher_cache is not None
-        trainer, datamodule = self.trainer, self.trainer.datamodule
-        kwargs = dict(
+        trainer, datamodule = self.trainer, trainer_datamodule(self.trainer)
+        kwargs: dict[str, Any] = dict(
             teacher=self.teacher,
             student=self.model,
-            losses=dict(self.distill_losses.items()),
+            losses=self.losses(),
             dataset=datamodule.train_set,
             batch_size=datamodule.batch_size,
             device=self.device,
             num_workers=datamodule.num_workers,
-            log=lambda msg: Console().print(msg),
+            log=log.info,
         )
         if trainer.world_size > 1 and not trainer.is_global_zero:
             trainer.strategy.barrier("teacher_cache")
@@ -210,5 +204,5 @@ def _batch_limit(trainer: Any) -> int | None:
     if isinstance(limit, int):
         return limit
     if isinstance(limit, float) and limit < 1.0:
-        return max(1, int(limit * len(trainer.datamodule.val_dataloader())))
+        return max(1, int(limit * len(trainer_datamodule(trainer).val_dataloader())))
     return None

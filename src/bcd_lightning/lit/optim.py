@@ -1,35 +1,41 @@
-"""Optimizer and learning-rate schedule from plain, validated config values."""
+"""Optimizer and learning-rate schedule from config.
+
+The optimizer is any ``torch.optim`` class (or any callable ``params -> Optimizer``) as a Hydra
+``_partial_`` target, so ``optimizer._target_=torch.optim.Adam`` needs no code::
+
+    _target_: torch.optim.SGD
+    _partial_: true
+    lr: 0.02
+    momentum: 0.9
+
+The schedule is a :class:`SchedulerConfig` (poly / cosine / onecycle / constant per step, built on
+``torch.optim.lr_scheduler``) or, likewise, a ``_partial_`` ``torch.optim.lr_scheduler`` class taking
+the optimizer. Both are rebuilt from the config at resume and their ``state_dict`` is in the checkpoint,
+so resuming is exact.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "onecycle", "constant")
 
+#: ``params -> Optimizer``: what ``instantiate`` makes of a ``_partial_`` optimizer config.
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+#: ``optimizer -> LRScheduler``: a ``_partial_`` ``torch.optim.lr_scheduler`` config.
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
-@dataclass
-class OptimizerConfig:
-    """``name`` in {sgd, adamw}; ``momentum``/``nesterov`` apply to SGD, ``betas`` to AdamW."""
-
-    name: str = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer.name={self.name!r} is not one of {OPTIMIZERS}")
-        if self.lr <= 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
-        self.betas = tuple(self.betas)
+#: The optimizer when none is configured (as ``conf/optimizer/sgd.yaml`` but lr 0.01).
+DEFAULT_OPTIMIZER: OptimizerFactory = functools.partial(
+    torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False
+)
 
 
 @dataclass
@@ -54,13 +60,25 @@ class SchedulerConfig:
             raise ValueError(f"scheduler.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+def build_optimizer(
+    params: Iterable[nn.Parameter], factory: OptimizerFactory | None = None
+) -> torch.optim.Optimizer:
+    """``factory`` (a ``_partial_`` torch optimizer) applied to the parameters that require grad."""
+    optimizer = (factory or DEFAULT_OPTIMIZER)([p for p in params if p.requires_grad])
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must build a torch.optim.Optimizer (a `_partial_: true` target such as "
+            f"torch.optim.SGD), got {type(optimizer).__name__}"
         )
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    return optimizer
+
+
+def check_optimizer(factory: OptimizerFactory | None) -> None:
+    """Build the optimizer once on a dummy parameter: a bad value (``lr: -1``) fails before any work."""
+    try:
+        build_optimizer([nn.Parameter(torch.zeros(1))], factory)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"optimizer: {err}") from err
 
 
 def lr_factor(step: int, total_steps: int, cfg: SchedulerConfig) -> float:
@@ -77,8 +95,11 @@ def lr_factor(step: int, total_steps: int, cfg: SchedulerConfig) -> float:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig | SchedulerFactory, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step schedule: a :class:`SchedulerConfig`, or a ``_partial_`` torch scheduler."""
+    if not isinstance(cfg, SchedulerConfig):
+        return cfg(optimizer)
     if cfg.name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
@@ -87,3 +108,14 @@ def build_scheduler(
             pct_start=cfg.warmup_ratio or 0.3,
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
+
+
+def as_scheduler(
+    value: SchedulerConfig | SchedulerFactory | dict[str, Any] | None,
+) -> SchedulerConfig | SchedulerFactory:
+    """A schedule from a :class:`SchedulerConfig`, its keys, a scheduler factory, or ``None`` (poly)."""
+    if value is None:
+        return SchedulerConfig()
+    if isinstance(value, dict):
+        return SchedulerConfig(**value)
+    return value

@@ -8,10 +8,19 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 
 from bcd_lightning.lit.nonfinite import NonFiniteGuard
-from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from bcd_lightning.lit.optim import (
+    OptimizerFactory,
+    SchedulerConfig,
+    SchedulerFactory,
+    as_scheduler,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+)
 from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel, SegOutput
 
@@ -22,7 +31,9 @@ class SegmentationModule(L.LightningModule):
     Args:
         model: the network being trained (saved in checkpoints under ``model.``).
         num_classes, ignore_index, class_names: label space.
-        optimizer, scheduler: plain config values (see :mod:`bcd_lightning.lit.optim`).
+        optimizer: ``params -> Optimizer``, e.g. a ``_partial_`` torch optimizer from ``conf/optimizer``.
+        scheduler: a :class:`~bcd_lightning.lit.optim.SchedulerConfig` or a ``_partial_`` torch
+            scheduler (see :mod:`bcd_lightning.lit.optim`).
         config: the composed run config as a plain dict, stored in the checkpoint so ``bcd-eval`` can
             rebuild the model from the checkpoint alone.
         nonfinite: ``stop`` or ``skip`` a training step whose loss is NaN/inf (:mod:`.nonfinite`).
@@ -34,8 +45,8 @@ class SegmentationModule(L.LightningModule):
         num_classes: int,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
-        optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
-        scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerConfig | SchedulerFactory | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         nonfinite: str = "stop",
     ) -> None:
@@ -48,8 +59,9 @@ class SegmentationModule(L.LightningModule):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.optimizer_cfg = _as_dataclass(OptimizerConfig, optimizer)
-        self.scheduler_cfg = _as_dataclass(SchedulerConfig, scheduler)
+        check_optimizer(optimizer)
+        self.optimizer_cfg = optimizer  # a `_partial_` torch optimizer (None: lit.optim.DEFAULT_OPTIMIZER)
+        self.scheduler_cfg = as_scheduler(dict(scheduler) if isinstance(scheduler, Mapping) else scheduler)
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
         # Plain values only: checkpoints load with torch's weights_only=True.
         self.save_hyperparameters(
@@ -72,21 +84,30 @@ class SegmentationModule(L.LightningModule):
         return logits.sum() * 0.0  # an all-ignored crop contributes nothing, without NaN
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
-        snapshot = self.nonfinite_guard.snapshot(self)
+        """``CE + Σ weight · term`` over :meth:`extra_terms`; a non-finite total goes to the guard."""
+        snapshot = self.nonfinite_guard.snapshot(self)  # nonfinite=skip only: BatchNorm statistics
+        target = batch["mask"]
         out = self.model(batch["image"])
-        loss = self.cross_entropy(out.logits, batch["mask"])
-        if not torch.isfinite(loss):
-            return self.nonfinite_guard.on_nonfinite(self, {"ce": loss}, snapshot=snapshot)
-        self.log("train/loss/ce", loss, on_step=True, on_epoch=True, batch_size=len(batch["mask"]))
-        self.log(
-            "train/loss/total",
-            loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=len(batch["mask"]),
-        )
-        return loss
+        extra = self.extra_terms(batch, out)
+        ce = self.cross_entropy(out.logits, target)
+        total = sum((weight * raw for raw, weight in extra.values()), start=ce)
+        # One device sync per step (not one per term); the slow path names the culprit and its weight.
+        if not torch.isfinite(total):
+            raws = {name: raw for name, (raw, _) in extra.items()}
+            weights = {name: weight for name, (_, weight) in extra.items()}
+            return self.nonfinite_guard.on_nonfinite(self, {"ce": ce, **raws}, weights, snapshot)
+        n = len(target)
+        self.log("train/loss/ce", ce, on_step=True, on_epoch=True, batch_size=n)
+        for name, (raw, weight) in extra.items():
+            self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
+            self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
+            self.log(f"train/loss/{name}_weighted", weight * raw, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss/total", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        return total
+
+    def extra_terms(self, batch: Mapping[str, Tensor], out: SegOutput) -> dict[str, tuple[Tensor, float]]:
+        """Loss terms added to the cross-entropy, ``name -> (raw value, weight)``: none here."""
+        return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_guard"] = self.nonfinite_guard.state_dict()
@@ -119,16 +140,8 @@ class SegmentationModule(L.LightningModule):
                 self.log(f"test/{'IoU' if name == 'mIoU' else name}/{class_name}", value)
         self.test_metrics.reset()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.scheduler_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _as_dataclass(cls: type, value: Any) -> Any:
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    return cls(**dict(value))

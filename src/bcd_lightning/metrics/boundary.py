@@ -47,6 +47,10 @@ class BoundaryIoU(Metric):
     full_state_update = False
     higher_is_better = True
 
+    intersection: Tensor  # states (add_state): per-class counts
+    gt_band: Tensor
+    pred_band: Tensor
+
     def __init__(
         self,
         num_classes: int,
@@ -108,6 +112,11 @@ class BoundaryFScore(Metric):
 
     full_state_update = False
     higher_is_better = True
+
+    matched_pred: Tensor  # states (add_state): per-class counts
+    total_pred: Tensor
+    matched_gt: Tensor
+    total_gt: Tensor
 
     def __init__(
         self, num_classes: int, ignore_index: int | None = 255, tolerance: int = 2, **kwargs

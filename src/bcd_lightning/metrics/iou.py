@@ -18,6 +18,8 @@ class SegmentationIoU(Metric):
     full_state_update = False
     higher_is_better = True
 
+    confmat: Tensor  # state (add_state): [K, K] counts, rows = ground truth
+
     def __init__(self, num_classes: int, ignore_index: int | None = 255, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes

@@ -59,20 +59,10 @@ def _extreme(dtype: torch.dtype, high: bool) -> int | float:
     return info.max if high else info.min
 
 
-def erode(mask: Tensor, radius: int, border_is_background: bool = True) -> Tensor:
-    """Binary erosion by a (2r+1)² square, i.e. ``r`` iterations of a 3×3 erosion.
-
-    With ``border_is_background`` the image is padded with zeros, as ``mask_to_boundary`` of Cheng et al.
-    does (so mask pixels within ``r`` of the frame are eroded); otherwise the frame is neutral.
-    """
-    m = mask.to(torch.uint8)
-    return window_reduce(m, radius, torch.minimum, 0 if border_is_background else 1).bool()
-
-
 def boundary_band(labels: Tensor, radius: int, border_is_boundary: bool) -> Tensor:
     """Pixels whose (2r+1)² window is not uniform in ``labels`` (integer map, ``NO_CLASS`` allowed).
 
-    For a pixel of class c this is exactly ``M_c - erode(M_c, r)`` with ``M_c = labels == c``: the inner band
+    For a pixel of class c this is exactly ``M_c - erode(M_c, r)`` (binary erosion by a (2r+1)² square) with ``M_c = labels == c``: the inner band
     of width r of every class mask at once. ``radius=1`` gives 8-neighbour contour pixels. With
     ``border_is_boundary`` the frame is padded with a label no pixel has, so pixels within r of it are in the
     band; otherwise the frame is padded with the reduction's neutral element and is ignored.
@@ -184,14 +174,6 @@ def _check_components_args(labels: Tensor, connectivity: int) -> None:
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
 
 
-def label_components(labels: Tensor, connectivity: int = 8) -> Tensor:
-    """Component id (int64, unique over the whole batch) of every pixel of ``labels [N, H, W]``: connected
-    regions of one label, ``NO_CLASS`` pixels included as regions of their own (callers drop them)."""
-    _check_components_args(labels, connectivity)
-    run_id, parent, _ = _union_runs(labels, connectivity)
-    return parent[run_id].view(labels.shape)
-
-
 def count_components(labels: Tensor, num_classes: int, connectivity: int = 8) -> Tensor:
     """``[N, num_classes]`` int64: number of connected components of each class in each image."""
     _check_components_args(labels, connectivity)
@@ -202,31 +184,6 @@ def count_components(labels: Tensor, num_classes: int, connectivity: int = 8) ->
     return masked_bincount(run_starts // (h * w) * num_classes + run_label, is_root, n * num_classes).view(
         n, num_classes
     )
-
-
-def _erode_cross(x: Tensor) -> Tensor:
-    """uint8 erosion by the 4-neighbour cross with a neutral frame (clDice's ``soft_erode`` on 0/1 input)."""
-    p = F.pad(x, (1, 1, 1, 1), value=1)
-    return x & p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:]
-
-
-def _open(x: Tensor) -> Tensor:
-    return window_reduce(_erode_cross(x), 1, torch.bitwise_or, 0)
-
-
-def binary_skeleton(mask: Tensor) -> Tensor:
-    """Skeleton of a boolean ``mask [..., H, W]``: identical to the soft skeleton of clDice (Shit et al.,
-    CVPR 2021; cross-shaped erosion, 3×3 opening) applied to a 0/1 mask, but in uint8 ops instead of float
-    max-pools. Runs until the mask is eroded away, so the skeleton is complete whatever the thickness.
-    """
-    x = mask.to(torch.uint8)
-    skel = x > _open(x)
-    while True:
-        eroded = _erode_cross(x)
-        if not bool(eroded.any()) or torch.equal(eroded, x):  # gone, or fills the frame (never erodes)
-            return skel
-        x = eroded
-        skel |= x > _open(x)
 
 
 def segmentation_labels(

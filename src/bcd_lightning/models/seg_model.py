@@ -39,6 +39,8 @@ class SegModel(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        # smp models expose encoder / decoder / segmentation_head dynamically: typed loosely on purpose.
+        self.net: Any
         try:
             self.net = smp.create_model(
                 arch,
@@ -102,11 +104,6 @@ class SegModel(nn.Module):
             if "decoder" not in want:
                 decoder = None
         return SegOutput(logits=logits, stages=stages, decoder=decoder)
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Class index map ``[B, H, W]``."""
-        return self(x).logits.argmax(1)
 
 
 def check_output_fields(outputs: Collection[str]) -> frozenset[str]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from bcd_lightning.models.outputs import SegOutput
 from bcd_lightning.models.seg_model import SegModel
+from bcd_lightning.utils.checkpoint_read import key_mismatch, read_checkpoint
 
 #: ``teacher.precision`` values and the autocast dtype each selects (``None``: plain fp32).
 TEACHER_PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -44,31 +45,17 @@ def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
 
 
 def load_checkpoint_file(path: str | Path, what: str = "Checkpoint", hint: str = "") -> dict:
-    """``torch.load`` (weights only) with one clear error per failure mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise TeacherLoadError(f"{what} not found: {path}.{hint and ' ' + hint}")
-    if path.stat().st_size == 0:
-        raise TeacherLoadError(f"{what} is empty (0 bytes): {path}.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise TeacherLoadError(
-            f"{what} {path} could not be read (corrupt or not a checkpoint): {err}"
-        ) from err
+    """``torch.load`` (weights only) with one clear :class:`TeacherLoadError` per failure mode."""
+    return read_checkpoint(path, what, TeacherLoadError, hint)
 
 
 def load_weights_strict(model: SegModel, state: dict[str, Tensor], source: str, hint: str = "") -> None:
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is one clear error."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if missing or unexpected or mismatched:
+    problem = key_mismatch(model.state_dict(), state)
+    if problem:
         raise TeacherLoadError(
             f"{source} does not match the architecture ({model.arch}/{model.encoder_name}): "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
-            f"{unexpected[:5]}, {len(mismatched)} shape mismatches {mismatched[:5]}.{hint and ' ' + hint}"
+            f"{problem}.{hint and ' ' + hint}"
         )
     model.load_state_dict(state, strict=True)
 

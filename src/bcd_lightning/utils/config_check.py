@@ -55,23 +55,37 @@ class RunSchema:
     logger: Any = None
     callbacks: Any = None
     paths: Any = None
-    extras: Any = None
     # eval.yaml only
     split: str = "test"
     inference: Any = None  # checked by bcd_lightning.inference.InferenceConfig
 
 
-def _suggest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
+def as_pair(value: Any, key: str, error: type[Exception] = ValueError) -> tuple[int, int]:
+    """``[height, width]`` from one integer or two, each >= 1; ``error`` names ``key`` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise error(f"{key}={value!r} must be [height, width], two integers >= 1 (or one integer).")
+    return int(value[0]), int(value[1])
+
+
+def suggest_keys(key: str, valid: Sequence[str], label: str = "Valid keys") -> str:
+    """`` Did you mean 'x'? Valid keys: a, b, x.``"""
+    close = difflib.get_close_matches(key, list(valid), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Valid keys: {', '.join(sorted(valid))}."
+    return f"{hint} {label}: {', '.join(sorted(valid))}."
 
 
 def check_top_level(cfg: DictConfig) -> None:
     fields = {f.name: f for f in dataclasses.fields(RunSchema)}
     for key in cfg:
         if key not in fields:
-            raise ConfigError(f"Unknown config key {key!r}.{_suggest(str(key), list(fields))}")
+            raise ConfigError(f"Unknown config key {key!r}.{suggest_keys(str(key), list(fields))}")
         annotation = typing.get_type_hints(RunSchema)[key]
         _check_type(key, _value(cfg, key), annotation)
 
@@ -119,7 +133,11 @@ def _matches(value: Any, annotation: Any) -> bool:
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+        # A config value is never a tensor: `float | Tensor` (torch optimizers' lr) means float here.
+        args = [a for a in typing.get_args(annotation) if not _is_tensor_type(a)] or typing.get_args(
+            annotation
+        )
+        return any(_matches(value, arg) for arg in args)
     if annotation is type(None):
         return value is None
     if annotation is bool:
@@ -137,6 +155,12 @@ def _matches(value: Any, annotation: Any) -> bool:
     if typing.get_origin(annotation) is typing.Literal:
         return value in typing.get_args(annotation)
     return True
+
+
+def _is_tensor_type(annotation: Any) -> bool:
+    return getattr(annotation, "__name__", None) == "Tensor" and str(
+        getattr(annotation, "__module__", "")
+    ).startswith("torch")
 
 
 def _signature(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
@@ -175,7 +199,7 @@ def check_targets(node: Any, path: str = "") -> None:
                 if accepts_kwargs:
                     continue
                 raise ConfigError(
-                    f"Unknown key {child!r} for {target_name}.{_suggest(str(key), list(params))}"
+                    f"Unknown key {child!r} for {target_name}.{suggest_keys(str(key), list(params))}"
                 )
             if key in hints and not isinstance(node._get_node(key), DictConfig):
                 _check_type(child, _value(node, key), hints[key], params[key].default)

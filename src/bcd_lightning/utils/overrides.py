@@ -8,7 +8,6 @@ common mistakes: an unknown key and an unknown config-group option. Anything els
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 from hydra import compose, initialize_config_module
@@ -16,7 +15,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from bcd_lightning.utils.config_check import ConfigError
+from bcd_lightning.utils.config_check import ConfigError, suggest_keys
 
 
 def precheck_overrides(config_name: str, args: Sequence[str]) -> None:
@@ -49,10 +48,3 @@ def precheck_overrides(config_name: str, args: Sequence[str]) -> None:
         ) from err
     except Exception:  # every other problem is reported by Hydra (or our checks) in the real run
         return
-
-
-def suggest_keys(key: str, valid: Sequence[str], label: str = "Valid keys") -> str:
-    """`` Did you mean 'x'? Valid keys: a, b, x.``"""
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{hint} {label}: {', '.join(sorted(valid))}."

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from bcd_lightning.utils.checkpoint_read import key_mismatch, read_checkpoint
 from bcd_lightning.utils.config_check import ConfigError
 
 #: Lightning's own symbolic checkpoint names, passed through untouched.
@@ -88,22 +88,7 @@ def _latest_hint(log_dir: Path | None) -> str:
 
 def load_checkpoint_lazily(path: Path) -> dict[str, Any]:
     """``torch.load`` memory-mapped (cheap for big files); one clear error per failure mode."""
-    if not path.exists():
-        raise ResumeError(f"ckpt_path: checkpoint not found: {path}.")
-    if not path.is_file():
-        raise ResumeError(f"ckpt_path: {path} is not a file.")
-    if path.stat().st_size == 0:
-        raise ResumeError(
-            f"ckpt_path: checkpoint {path} is empty (0 bytes): it was never written completely. "
-            "Resume from an earlier checkpoint."
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise ResumeError(
-            f"ckpt_path: checkpoint {path} could not be read (truncated, corrupt or not a PyTorch "
-            f"file): {first_line(err)}"
-        ) from err
+    return read_checkpoint(path, "ckpt_path: checkpoint", ResumeError, mmap=True)
 
 
 def check_checkpoint_file(path: Path) -> dict[str, Any]:
@@ -122,16 +107,11 @@ def check_checkpoint_file(path: Path) -> dict[str, Any]:
 def check_checkpoint_matches(path: str | Path, module: nn.Module) -> None:
     """Fail with one line when the checkpoint's weights do not fit ``module`` (a mixed-up run)."""
     state = load_checkpoint_lazily(Path(path))["state_dict"]
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or mismatched:
+    problem = key_mismatch(module.state_dict(), state)
+    if problem:
         raise ResumeError(
-            f"ckpt_path: {path} belongs to another model or distillation setup: {len(missing)} missing "
-            f"keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, {len(mismatched)} "
-            f"shape mismatches {mismatched[:5]}. Resume with the config the checkpoint was trained with "
-            "(it is stored in <run dir>/config.yaml)."
+            f"ckpt_path: {path} belongs to another model or distillation setup: {problem}. Resume with "
+            "the config the checkpoint was trained with (it is stored in <run dir>/config.yaml)."
         )
 
 
@@ -141,12 +121,3 @@ def remove_stale_temp_files(directory: Path) -> None:
         for tmp in directory.glob(".*.ckpt.*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception message (torch's can span many lines)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[0] if lines else type(err).__name__
-    if ". " in text:  # torch appends paragraphs of advice to the one sentence that matters
-        text = text.split(". ", 1)[0] + "."
-    return text if len(text) <= 300 else text[:297] + "..."
