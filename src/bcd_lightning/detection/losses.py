@@ -56,9 +56,36 @@ class DetectionLoss(nn.Module):
         raise NotImplementedError
 
 
+def _valid_extent(valid: Tensor) -> list[tuple[int, int]]:
+    """Per image, the valid height and width of a ``[B, h, w]`` mask (padding is bottom/right)."""
+    return [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
+
+
+def _by_extent(fs: Tensor, ft: Tensor, valid: Tensor) -> list[tuple[Tensor, Tensor, float]]:
+    """Student and teacher crops of the valid region, one batch per distinct image extent, with the
+    share of the batch each holds (one group when all images have the same size, the usual case)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, e in enumerate(_valid_extent(valid)):
+        groups.setdefault(e, []).append(i)
+    out = []
+    for (h, w), idx in groups.items():
+        if h and w:
+            sel = torch.tensor(idx, device=fs.device)
+            out.append(
+                (
+                    fs.index_select(0, sel)[..., :h, :w],
+                    ft.index_select(0, sel)[..., :h, :w],
+                    len(idx) / len(valid),
+                )
+            )
+    return out
+
+
 class BoundaryLevels(DetectionLoss):
-    """BCD boundary term: ``(1/L) Σ_l mean_{valid p} D(b_l^S(p), b_l^T(p))``, ``D`` squared (mse) or
-    absolute (l1) difference of the channel-free boundary maps (:func:`boundary_map`): no adapter."""
+    """BCD boundary term: ``(1/L) Σ_l mean_{b, valid p} D(b_l^S(p), b_l^T(p))``, ``D`` the squared (mse)
+    or absolute (l1) difference of the channel-free boundary maps (:func:`boundary_map`; no adapter).
+    Maps are computed on each image's valid region (padding cropped, so the replicate border sits at the
+    image edge, as in segmentation) and averaged over its positions, then over the batch."""
 
     def __init__(self, strides: Sequence[int] | None = None, variant: str = "mse", dilation: int = 1) -> None:
         super().__init__(strides)
@@ -67,17 +94,14 @@ class BoundaryLevels(DetectionLoss):
         self.variant, self.dilation = variant, int(dilation)
 
     def forward(self, student: Levels, teacher: Levels) -> Tensor:
-        pairs = self.select(student, teacher)
         total = []
-        for fs, ft, valid in pairs:
-            diff = boundary_map(fs, self.dilation) - boundary_map(ft, self.dilation)
-            total.append(masked_mean(diff.square() if self.variant == "mse" else diff.abs(), valid))
+        for fs, ft, valid in self.select(student, teacher):
+            level = fs.new_zeros(())
+            for s, t, share in _by_extent(fs, ft, valid):
+                diff = boundary_map(s, self.dilation) - boundary_map(t, self.dilation)
+                level = level + share * (diff.square() if self.variant == "mse" else diff.abs()).mean()
+            total.append(level)
         return torch.stack(total).mean()
-
-
-def _valid_extent(valid: Tensor) -> list[tuple[int, int]]:
-    """Per image, the valid height and width of a ``[B, h, w]`` mask (padding is bottom/right)."""
-    return [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
 
 
 def node_grid(h: int, w: int, max_nodes: int | None) -> tuple[int, int]:
@@ -102,19 +126,10 @@ class ContextLevels(DetectionLoss):
     def forward(self, student: Levels, teacher: Levels) -> Tensor:
         total = []
         for fs, ft, valid in self.select(student, teacher):
-            extents = _valid_extent(valid)
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i, e in enumerate(extents):
-                groups.setdefault(e, []).append(i)
             level = fs.new_zeros(())
-            for (h, w), idx in groups.items():  # one batched call per distinct image size
-                if h == 0 or w == 0:
-                    continue
-                sel = torch.tensor(idx, device=fs.device)
-                s = fs.index_select(0, sel)[..., :h, :w]
-                t = ft.index_select(0, sel)[..., :h, :w]
-                kl = self_relation_kl(s, t, self.tau, grid=node_grid(h, w, self.max_nodes))
-                level = level + kl * (len(idx) / len(extents))
+            for s, t, share in _by_extent(fs, ft, valid):
+                grid = node_grid(s.shape[-2], s.shape[-1], self.max_nodes)
+                level = level + share * self_relation_kl(s, t, self.tau, grid=grid)
             total.append(level)
         return torch.stack(total).mean()
 

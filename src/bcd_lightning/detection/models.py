@@ -63,6 +63,10 @@ class DetectorConfig:
             raise ValueError(f"detector arch={self.arch!r} is not one of {ARCHS}")
         if self.backbone not in RESNETS + MOBILENETS:
             raise ValueError(f"detector backbone={self.backbone!r} is not one of {RESNETS + MOBILENETS}")
+        if self.arch == "fcos" and self.fpn_channels % 32:
+            raise ValueError(
+                f"detector fpn_channels={self.fpn_channels}: FCOS's GroupNorm(32) needs a multiple of 32"
+            )
         if self.num_classes < 2:
             raise ValueError(f"detector num_classes={self.num_classes} must count the background (>= 2)")
 
