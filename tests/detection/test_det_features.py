@@ -97,13 +97,16 @@ def test_teacher_weights_and_bn_statistics_never_change() -> None:
 
 
 def test_strict_teacher_checkpoint(tmp_path) -> None:
-    module = tiny_module()
+    torch.manual_seed(0)
+    teacher = build_detector(dict(backbone="resnet18", fpn_channels=16, **TINY))
     path = tmp_path / "t.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in module.teacher.model.state_dict().items()}}, path)
-    assert state_digest(tiny_module(path).teacher) == state_digest(module.teacher)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in teacher.state_dict().items()}}, path)
+    torch.manual_seed(1)
+    loaded = FrozenDetector(build_detector(dict(backbone="resnet18", fpn_channels=16, **TINY)), path)
+    assert state_digest(loaded.model) == state_digest(teacher)
     torch.save({"state_dict": {"model.x": torch.zeros(1)}}, path)
     with pytest.raises(RuntimeError, match="does not match"):
-        tiny_module(path)
+        FrozenDetector(loaded.model, path)
 
 
 def test_levels_pair_by_stride_not_key() -> None:

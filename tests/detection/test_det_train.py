@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,5 @@ def test_teacher_then_bcd_student(tmp_path: Path) -> None:
     assert Path(out["best_model_path"]).is_file()
     metrics = (tmp_path / "s" / "csv" / "metrics.csv").read_text()
     assert "teacher/unchanged" in metrics  # TeacherGuard: digest equal at fit end
+    record = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert record["method"] == "bcd" and record["task"] == "detection" and "test/map" in record["metrics"]

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_lightning import builders
+from bcd_lightning.aggregate import write_run_record
 from bcd_lightning.detection.data import DetectionDataModule
 from bcd_lightning.detection.features import FrozenDetector
 from bcd_lightning.detection.lit import DetectionModule, DetectionTerm
@@ -80,6 +81,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("export_best_to is set but no best checkpoint was saved (is validation on?)")
         atomic_copy(Path(best), Path(cfg.export_best_to))
         print(f"Best checkpoint exported to {cfg.export_best_to}")
+    if trainer.is_global_zero:  # metrics.json: the same run record as segmentation (aggregate.load_runs)
+        record = {
+            "method": str(cfg.detection.distill.name),
+            "seed": int(cfg.seed),
+            "task_name": str(cfg.task_name),
+            "task": "detection",
+            "best_model_path": best,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        }
+        write_run_record(output_dir, record)
     metrics["best_model_path"] = best
     metrics["output_dir"] = str(output_dir)
     return metrics
