@@ -49,3 +49,15 @@ def test_pipeline_table_means_over_seeds() -> None:
     (entry,) = aggregate([row("baseline", 0, 0.2), row("baseline", 1, 0.3)])
     assert entry["map"] == pytest.approx(0.25) and entry["map_std"] == pytest.approx(0.0707, abs=1e-4)
     assert "25.0 ± 7.1" in table
+
+
+def test_merge_results_keeps_one_teacher_and_the_chosen_students() -> None:
+    from bcd_lightning.detection.study import merge_results
+
+    first = {"rows": [row("teacher", 0, 0.5), row("baseline", 0, 0.2), row("cwd", 0, 0.1)], "seconds": 10}
+    second = {"rows": [row("teacher", 0, 0.5), row("baseline", 1, 0.3)], "seconds": 5}
+    rows, seconds = merge_results([first, second], ["none"])
+    assert [(r["model"], r["seed"]) for r in rows] == [("teacher", 0), ("baseline", 0), ("baseline", 1)]
+    assert seconds == 15
+    with pytest.raises(ValueError, match="appears in two runs"):
+        merge_results([first, first], ["none"])

@@ -137,6 +137,29 @@ def write_page(
     plot(rows, docs / "results_detection.png")
 
 
+def merge_results(runs: Sequence[Mapping[str, Any]], students: Sequence[str]) -> tuple[list[dict], float]:
+    """Rows of several ``results.json``: one teacher row, the chosen students' rows (a (model, seed) pair
+    seen twice is an error: the runs overlap), and the summed wall time."""
+    names = {"none": "baseline"}
+    wanted = {names.get(s, s) for s in students}
+    rows: list[dict] = []
+    seen: set[tuple[str, int]] = set()
+    for run in runs:
+        for r in run["rows"]:
+            key = (str(r["model"]), int(r["seed"]))
+            if r["model"] == "teacher":
+                if not any(x["model"] == "teacher" for x in rows):
+                    rows.append(r)
+                continue
+            if r["model"] not in wanted:
+                continue
+            if key in seen:
+                raise ValueError(f"--from-json: {key} appears in two runs")
+            seen.add(key)
+            rows.append(r)
+    return rows, float(sum(run["seconds"] for run in runs))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,15 +169,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--from-json", type=Path, default=None, help="re-tabulate a finished results.json")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="re-tabulate finished results.json files (pipeline or study runs, e.g. seed 0 + seeds 1,2)",
+    )
     parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended as the findings")
     args = parser.parse_args(argv)
     command = "python -m bcd_lightning.detection.study " + " ".join(
         [f"--students {args.students}", f"--seeds {args.seeds}", *args.overrides]
     )
     if args.from_json:
-        data = json.loads(args.from_json.read_text())
-        rows, seconds = data["rows"], data["seconds"]
+        rows, seconds = merge_results(
+            [json.loads(p.read_text()) for p in args.from_json], args.students.split(",")
+        )
     else:
         from bcd_lightning.detection.pipeline import run_pipeline
 
