@@ -132,3 +132,10 @@ def test_valid_mask_excludes_padding() -> None:
     # row y valid iff 8y < 100 -> y <= 12 (13 rows); col x valid iff 8x < 60 -> x <= 7 (8 cols)
     assert mask[1].sum() == 13 * 8
     assert mask[1, :13, :8].all()
+
+
+def test_nonfinite_loss_names_the_term() -> None:
+    module = tiny_module()
+    module.distill_losses["fitnet"].forward = lambda s, t: torch.tensor(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"fitnet=nan \(weight 0.5\)"):
+        module.training_step(batch(), 0)

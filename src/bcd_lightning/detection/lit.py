@@ -167,7 +167,8 @@ class DetectionModule(L.LightningModule):
             s_levels, t_levels = paired_levels(self.tap.features, teacher_feats, image_list, self.strides)
             for name, loss in self.distill_losses.items():
                 weight = self.weight_at(name, self.global_step)
-                raw = loss(s_levels, t_levels) if weight > 0 else det.new_zeros(())
+                # Computed even at weight 0 (warm-up): adapters then get a zero gradient, which DDP needs.
+                raw = loss(s_levels, t_levels)
                 raw_terms[name] = raw
                 self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
                 self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
