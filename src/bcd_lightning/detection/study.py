@@ -83,10 +83,12 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.writer(buf)
     writer.writerow(["model", "seed", "params", "ms_per_image", *METRICS, "checkpoint"])
     for r in rows:
+        ckpt = Path(r["checkpoint"])  # relative to the working directory when inside it (portable page)
+        ckpt = ckpt.relative_to(Path.cwd()) if ckpt.is_relative_to(Path.cwd()) else ckpt
         writer.writerow(
             [r["model"], r["seed"], r["params"], f"{r['ms_per_image']:.2f}"]
             + [f"{r[k]:.4f}" for k in METRICS]
-            + [r["checkpoint"]]
+            + [str(ckpt)]
         )
     return buf.getvalue()
 
@@ -182,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         [f"--students {args.students}", f"--seeds {args.seeds}", *args.overrides]
     )
     if args.from_json:
+        command += " --from-json " + " ".join(str(p) for p in args.from_json)
         rows, seconds = merge_results(
             [json.loads(p.read_text()) for p in args.from_json], args.students.split(",")
         )
@@ -192,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         start = datetime.now()
         rows = run_pipeline(args.overrides, args.students.split(","), out_dir=args.out_dir, seeds=seeds)
         seconds = (datetime.now() - start).total_seconds()
+    if args.notes:
+        command += f" --notes {args.notes}"
     notes = args.notes.read_text() + "\n" if args.notes else ""
     write_page(rows, seconds, command, args.docs, notes)
     print(f"Wrote {args.docs / 'results_detection.md'}")
