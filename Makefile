@@ -26,6 +26,10 @@ train-teacher: ## Train the embedded teacher and export its checkpoint (ARGS for
 distill: ## Distill the embedded student with BCD from the exported teacher (ARGS for overrides)
 	$(BIN)/bcd-train experiment=embedded/bcd $(ARGS)
 
+train-detection: ## Detection: teacher -> baseline -> FitNet/CWD/PKD -> BCD -> one table (embedded data, CPU)
+	$(BIN)/python -m bcd_lightning.detection.pipeline $(ARGS)
+.PHONY: train-detection
+
 results: ## Regenerate docs/results.{md,csv,png}: the method comparison (same as make compare)
 	$(MAKE) compare ARGS="$(ARGS)"
 

@@ -1,0 +1,267 @@
+"""Detection data: the embedded synthetic set, COCO ``instances_*.json`` and Pascal VOC detection.
+
+Every dataset yields ``(image float32 [3, H, W] in [0, 1], target)`` with ``target = {"boxes": float
+[N, 4] xyxy pixels, "labels": int64 [N] in 1..K (0 is torchvision's background), "iscrowd": int64 [N]}``.
+Crowd boxes (COCO ``iscrowd=1``, VOC ``difficult``) are kept in the target so the metric ignores
+detections on them; the training step drops them. Images without objects give empty ``[0, 4]`` boxes.
+Degenerate boxes (width or height < 1 px after clipping, which torchvision asserts on) are dropped and
+counted. A broken annotation file fails with one line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from bcd_lightning.data.files import DatasetError, read_image, require_dir
+from bcd_lightning.data.synthetic import BLOB_A, BLOB_B, SyntheticSegmentation
+from bcd_lightning.metrics.morphology import label_components
+
+Target = dict[str, Tensor]
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+def make_target(boxes: Sequence[Sequence[float]], labels: Sequence[int], crowd: Sequence[int]) -> Target:
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "iscrowd": torch.tensor(crowd, dtype=torch.int64),
+    }
+
+
+def clip_boxes(target: Target, height: int, width: int) -> tuple[Target, int]:
+    """Clip to the image and drop boxes under 1 px wide or high; returns the count dropped."""
+    boxes = target["boxes"].clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    out = {k: v[keep] for k, v in target.items()}
+    out["boxes"] = boxes[keep]
+    return out, int((~keep).sum())
+
+
+# --- embedded synthetic data -----------------------------------------------------------------------------
+class SyntheticDetection(Dataset):
+    """Visible blob instances of the embedded renderer (:mod:`bcd_lightning.data.synthetic`) as boxes.
+
+    Two classes (``blob_a`` = 1, ``blob_b`` = 2). An instance is a connected region of one blob class
+    after a morphological closing of ``close_radius`` px, which bridges the thin vessels drawn across a
+    blob (they would otherwise cut it into pieces); the box spans the class's own pixels in that region.
+    Regions under ``min_area`` px are dropped (slivers of an occluded blob). Seeded, offline, exact.
+    """
+
+    class_names: tuple[str, ...] = ("blob_a", "blob_b")
+
+    def __init__(
+        self,
+        num_samples: int,
+        image_size: int = 128,
+        seed: int = 0,
+        close_radius: int = 2,
+        min_area: int = 24,
+    ) -> None:
+        self.seg = SyntheticSegmentation(num_samples, image_size, seed=seed, normalize=False, cache=True)
+        self.close_radius = int(close_radius)
+        self.min_area = int(min_area)
+        self._targets: dict[int, Target] = {}
+
+    def __len__(self) -> int:
+        return len(self.seg)
+
+    def instances(self, mask: Tensor) -> Target:
+        """Boxes of the visible blob instances in a class mask ``[H, W]``."""
+        boxes, labels = [], []
+        k = 2 * self.close_radius + 1
+        for cls, label in ((BLOB_A, 1), (BLOB_B, 2)):
+            own = (mask == cls)[None, None].float()
+            closed = -F.max_pool2d(-F.max_pool2d(own, k, 1, k // 2), k, 1, k // 2)  # dilate, then erode
+            region = (closed[0, 0] > 0) | (own[0, 0] > 0)
+            ids = label_components(region.long()[None])[0]
+            for comp in torch.unique(ids[region]):
+                pix = (ids == comp) & (own[0, 0] > 0)
+                if int(pix.sum()) < self.min_area:
+                    continue
+                ys, xs = torch.nonzero(pix, as_tuple=True)
+                boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
+                labels.append(label)
+        return make_target(boxes, labels, [0] * len(labels))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image, mask = self.seg.render_raw(index)
+        i = self.seg._check_index(index)
+        if i not in self._targets:
+            self._targets[i] = self.instances(mask)
+        return image, {k: v.clone() for k, v in self._targets[i].items()}
+
+
+# --- COCO ----------------------------------------------------------------------------------------------
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"COCO annotation file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"COCO annotation file {path} is not valid JSON: {err}") from err
+
+
+class CocoDetection(Dataset):
+    """COCO layout: ``root/annotations/instances_<split>.json`` and ``root/<split>/<file_name>``.
+
+    Category ids are mapped to 1..K in increasing id order (COCO's 80 of 90 ids). Images without
+    annotations are kept (empty targets). Boxes are ``[x, y, w, h]`` in the file, xyxy here.
+    """
+
+    def __init__(self, root: str | Path, split: str = "val2017") -> None:
+        root = require_dir(Path(root), "COCO root", "Expected annotations/ and image folders under it.")
+        ann_file = root / "annotations" / f"instances_{split}.json"
+        data = _load_json(ann_file)
+        try:
+            cats = sorted(int(c["id"]) for c in data["categories"])
+            names = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+            images = [(int(im["id"]), str(im["file_name"])) for im in data["images"]]
+            anns = list(data.get("annotations", []))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(f"{ann_file}: missing or malformed key {err} in categories/images") from err
+        self.image_dir = root / split
+        self.cat_to_label = {c: i + 1 for i, c in enumerate(cats)}
+        self.class_names = tuple(names[c] for c in cats)
+        self.images = images
+        per_image: dict[int, list[tuple[list[float], int, int]]] = {i: [] for i, _ in images}
+        for n, ann in enumerate(anns):
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                label = self.cat_to_label[int(ann["category_id"])]
+                item = ([x, y, x + w, y + h], label, int(ann.get("iscrowd", 0)))
+                per_image[int(ann["image_id"])].append(item)
+            except (KeyError, TypeError, ValueError) as err:
+                raise DatasetError(
+                    f"{ann_file}: annotation #{n} (id {ann.get('id') if isinstance(ann, dict) else '?'}) "
+                    f"is malformed: {type(err).__name__} {err}"
+                ) from err
+        self.annotations = per_image
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image_id, name = self.images[index]
+        image = torch.from_numpy(read_image(self.image_dir / name)).permute(2, 0, 1).float() / 255.0
+        items = self.annotations[image_id]
+        target = make_target([b for b, _, _ in items], [c for _, c, _ in items], [z for _, _, z in items])
+        target, dropped = clip_boxes(target, image.shape[1], image.shape[2])
+        self.dropped += dropped
+        return image, target
+
+
+# --- Pascal VOC detection ------------------------------------------------------------------------------
+class VOCDetection(Dataset):
+    """``root/VOC2012`` (or any ``VOC20xx``): ``Annotations/*.xml``, ``JPEGImages``, ``ImageSets/Main``.
+
+    The 20 VOC classes as 1..20; ``difficult`` objects are marked crowd (ignored by the metric, as in the
+    VOC protocol, and not trained on). VOC's 1-based pixel coordinates become 0-based xyxy.
+    """
+
+    class_names: tuple[str, ...] = VOC_CLASSES
+
+    def __init__(self, root: str | Path, split: str = "val", year: str = "2012") -> None:
+        base = require_dir(Path(root) / f"VOC{year}", "VOC folder", "Expected VOCdevkit layout.")
+        list_file = base / "ImageSets" / "Main" / f"{split}.txt"
+        if not list_file.is_file():
+            raise DatasetError(f"VOC split list not found: {list_file}")
+        self.ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        self.base = base
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def parse(self, path: Path) -> Target:
+        try:
+            root = ET.parse(path).getroot()
+        except (ET.ParseError, OSError) as err:
+            raise DatasetError(f"VOC annotation {path} cannot be parsed: {err}") from err
+        boxes, labels, crowd = [], [], []
+        for n, obj in enumerate(root.iter("object")):
+            try:
+                name = obj.findtext("name", "").strip()
+                label = VOC_CLASSES.index(name) + 1
+                bb = obj.find("bndbox")
+                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (ValueError, TypeError, AttributeError) as err:
+                raise DatasetError(
+                    f"VOC annotation {path}: object #{n} has an unknown class or a malformed bndbox ({err})"
+                ) from err
+            boxes.append([x1 - 1, y1 - 1, x2, y2])
+            labels.append(label)
+            crowd.append(int(obj.findtext("difficult", "0").strip() or 0))
+        return make_target(boxes, labels, crowd)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        name = self.ids[index]
+        image = read_image(self.base / "JPEGImages" / f"{name}.jpg")
+        image_t = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        target, dropped = clip_boxes(self.parse(self.base / "Annotations" / f"{name}.xml"), *image.shape[:2])
+        self.dropped += dropped
+        return image_t, target
+
+
+# --- data module ---------------------------------------------------------------------------------------
+def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:
+    """Lists, not stacks: torchvision detectors take images of different sizes."""
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val / test detection datasets (already built) and their loaders."""
+
+    def __init__(
+        self,
+        train: Dataset,
+        val: Dataset,
+        test: Dataset | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_set, self.val_set, self.test_set = train, val, test if test is not None else val
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.class_names = list(class_names or getattr(train, "class_names", ()))
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes + background (torchvision's ``num_classes``)."""
+        return len(self.class_names) + 1
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)
