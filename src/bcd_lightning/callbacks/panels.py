@@ -11,8 +11,6 @@ and the image with ground truth / prediction mask overlays (class labels) are lo
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import Tensor
 from bcd_lightning.data.synthetic import IMAGENET_MEAN, IMAGENET_STD
 from bcd_lightning.distill.boundary import BoundaryDistillation, BoundaryWeightedKD
 from bcd_lightning.distill.functional import boundary_map
+from bcd_lightning.utils.atomic import atomic_write_bytes
 
 #: Height in pixels of the title strip above the tiles.
 TITLE_HEIGHT = 16
@@ -114,14 +113,7 @@ def save_png(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def boundary_stage(pl_module: L.LightningModule) -> tuple[int, int]:

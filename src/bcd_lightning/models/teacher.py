@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from bcd_lightning.models.outputs import SegOutput
 from bcd_lightning.models.seg_model import SegModel
+from bcd_lightning.utils.errors import CheckpointError
 
 #: ``teacher.precision`` values and the autocast dtype each selects (``None``: plain fp32).
 TEACHER_PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -26,8 +27,9 @@ def parse_precision(precision: str | int) -> str:
     return key
 
 
-class TeacherLoadError(RuntimeError):
-    """A checkpoint is missing, unreadable, or belongs to another architecture."""
+class TeacherLoadError(CheckpointError):
+    """The *teacher's* checkpoint is missing, unreadable, or belongs to another architecture (student
+    checkpoints raise :class:`~bcd_lightning.utils.errors.CheckpointError`)."""
 
 
 def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
@@ -37,7 +39,7 @@ def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
     """
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
-        raise TeacherLoadError(f"{source}: no state dict found (empty or not a checkpoint).")
+        raise CheckpointError(f"{source}: no state dict found (empty or not a checkpoint).")
     if any(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     return state
@@ -47,13 +49,13 @@ def load_checkpoint_file(path: str | Path, what: str = "Checkpoint", hint: str =
     """``torch.load`` (weights only) with one clear error per failure mode."""
     path = Path(path)
     if not path.is_file():
-        raise TeacherLoadError(f"{what} not found: {path}.{hint and ' ' + hint}")
+        raise CheckpointError(f"{what} not found: {path}.{hint and ' ' + hint}")
     if path.stat().st_size == 0:
-        raise TeacherLoadError(f"{what} is empty (0 bytes): {path}.")
+        raise CheckpointError(f"{what} is empty (0 bytes): {path}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise TeacherLoadError(
+        raise CheckpointError(
             f"{what} {path} could not be read (corrupt or not a checkpoint): {err}"
         ) from err
 
@@ -65,7 +67,7 @@ def load_weights_strict(model: SegModel, state: dict[str, Tensor], source: str, 
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        raise TeacherLoadError(
+        raise CheckpointError(
             f"{source} does not match the architecture ({model.arch}/{model.encoder_name}): "
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
             f"{unexpected[:5]}, {len(mismatched)} shape mismatches {mismatched[:5]}.{hint and ' ' + hint}"
@@ -99,14 +101,19 @@ class FrozenTeacher(nn.Module):
         super().train(False)
 
     def load_strict(self, checkpoint: str | Path) -> None:
-        raw = load_checkpoint_file(checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`.")
-        state = extract_model_state(raw, str(checkpoint))
-        load_weights_strict(
-            self.model,
-            state,
-            f"Teacher checkpoint {checkpoint}",
-            "Check teacher.model matches the config the teacher was trained with.",
-        )
+        try:
+            raw = load_checkpoint_file(
+                checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`."
+            )
+            state = extract_model_state(raw, f"Teacher checkpoint {checkpoint}")
+            load_weights_strict(
+                self.model,
+                state,
+                f"Teacher checkpoint {checkpoint}",
+                "Check teacher.model matches the config the teacher was trained with.",
+            )
+        except CheckpointError as err:  # the same message, labelled as the teacher's
+            raise TeacherLoadError(str(err)) from err
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         # Lightning and user code call train(); the teacher stays in eval whatever is asked.
