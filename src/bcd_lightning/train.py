@@ -10,11 +10,20 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from bcd_lightning import builders
 from bcd_lightning.aggregate import method_name, write_run_record
+from bcd_lightning.callbacks.logger_history import (
+    LoggerHistory,
+    prepare_resume,
+    read_csv_history,
+    restore_csv,
+    saved_history,
+)
 from bcd_lightning.callbacks.step_timer import MEDIAN_KEY, batch_geometry
+from bcd_lightning.data.verify import verify_datasets
 from bcd_lightning.utils.config_check import ConfigError, check_config
 from bcd_lightning.utils.errors import exit_if_failed, failure_record, friendly_errors, hydra_task
 from bcd_lightning.utils.overrides import precheck_overrides
@@ -55,12 +64,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.matmul_precision)
 
     datamodule = builders.build_datamodule(cfg)
+    if getattr(datamodule, "verify", False) and cfg.get("train", True):
+        splits = [("train", datamodule.train_set), ("val", datamodule.val_set), ("test", datamodule.test_set)]
+        verify_datasets(splits, progress=cfg.trainer.get("enable_progress_bar", True) is not False)
     module = builders.build_module(cfg, datamodule)
     if ckpt_path and ckpt_path not in LIGHTNING_NAMES:
         check_checkpoint_matches(ckpt_path, module)
         print(f"Resuming from {ckpt_path}")
-    callbacks = builders.build_callbacks(cfg)
+    # History-preserving resume: the checkpoint says how far each logger's history had got.
+    resumed = saved_history(ckpt_path) if ckpt_path not in LIGHTNING_NAMES else None
+    if resumed is not None:
+        prepare_resume(cfg, *resumed)
+    callbacks = [*builders.build_callbacks(cfg), LoggerHistory()]
     loggers = builders.build_loggers(cfg)
+    if resumed is not None and getattr(rank_zero_only, "rank", 0) == 0:
+        restore_csv(loggers, read_csv_history(loggers, resumed[0]))
     trainer = builders.build_trainer(cfg, callbacks, loggers)
     try:
         if cfg.get("train", True):
@@ -126,8 +144,6 @@ def run_record(cfg: DictConfig, metrics: dict[str, Any], best: str) -> dict[str,
 
 def record_failure(cfg: DictConfig, err: BaseException) -> None:
     """A failed job's ``metrics.json``: who it was (as far as the config says) and the error."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
     identity: dict[str, Any] = {"overrides": _hydra_overrides(), "metrics": {}}

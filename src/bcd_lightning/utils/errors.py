@@ -97,12 +97,30 @@ def innermost(err: BaseException) -> BaseException:
 def one_line(err: BaseException) -> str:
     """``Type: message`` on one line (a message spanning lines is joined, so logs and grep keep it whole)."""
     err = innermost(err)
+    worker = _worker_error(str(err))
+    if worker is not None:  # re-raised from a DataLoader worker: its original message, not the traceback
+        return " ".join(f"{type(err).__name__}: {worker}".split())
     if isinstance(err, OSError) and not isinstance(err, UserError) and err.filename:
         text = f"{err.strerror or err}: {err.filename}"
         if err.filename2:
             text += f" -> {err.filename2}"
         return " ".join(f"{type(err).__name__}: {text}".split())
     return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _worker_error(text: str) -> str | None:
+    """The original message inside torch's "Caught X in DataLoader worker process N. Original Traceback
+    ..." (the last block of the traceback: ``module.Type: message``), with the worker named."""
+    head, sep, trace = text.partition("Original Traceback (most recent call last):")
+    if not sep or "DataLoader worker" not in head:
+        return None
+    lines = trace.strip("\n").splitlines()
+    start = max((i for i, line in enumerate(lines) if line and not line.startswith(" ")), default=None)
+    if start is None:
+        return None
+    message = "\n".join(lines[start:]).split(": ", 1)[-1]
+    where = head.split(" in ", 1)[-1].strip().rstrip(".")
+    return f"{message} (in {where})"
 
 
 def print_error(message: str, debug_hint: bool = True) -> None:
@@ -201,7 +219,12 @@ def hydra_task(record: Callable[[Any, BaseException], None] | None = None) -> Ca
                     except Exception as write_err:  # the run dir may be what failed: report both
                         log.warning("could not record the failure in metrics.json: %s", write_err)
                 if isinstance(err, SIGTERMException):
-                    print_error("received SIGTERM: checkpoints/last.ckpt saved; stopping.", debug_hint=False)
+                    out = _output_dir(cfg)
+                    print_error(
+                        f"received SIGTERM: saved {out}/checkpoints/last.ckpt; stopping with status "
+                        f"{SIGTERM_EXIT}. Continue with hydra.run.dir={out} ckpt_path=last (or auto_resume=true).",
+                        debug_hint=False,
+                    )
                     raise SystemExit(SIGTERM_EXIT) from None
                 if os.environ.get("BCD_DEBUG"):
                     raise
@@ -213,6 +236,13 @@ def hydra_task(record: Callable[[Any, BaseException], None] | None = None) -> Ca
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _output_dir(cfg: Any) -> str:
+    try:
+        return str(cfg.paths.output_dir)
+    except Exception:  # a config without paths: say "the run directory"
+        return "<run dir>"
 
 
 def _sweeper_needs_exception() -> bool:
