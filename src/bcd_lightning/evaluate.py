@@ -26,7 +26,7 @@ from rich.table import Table
 
 from bcd_lightning import builders
 from bcd_lightning.callbacks.confusion import save_confusion_matrix
-from bcd_lightning.evaluation import evaluate_model, load_run_checkpoint
+from bcd_lightning.evaluation import evaluate_model, load_run_checkpoint_hparams
 from bcd_lightning.inference import InferenceConfig
 from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.utils.config_check import ConfigError, check_config
@@ -136,7 +136,7 @@ def check_label_space(datamodule: Any, model: Any, run_classes: list[str] | None
 
 
 def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, Any]:
-    state, run_config = load_run_checkpoint(cfg.ckpt_path)
+    state, run_config, hparams = load_run_checkpoint_hparams(cfg.ckpt_path)
     key_overrides = [*DEFERRED, *(o for o in _task_overrides() if not _group_of(o)[1])]
     cfg = merge_run_config(
         cfg, run_config, _overridden_groups() if overridden is None else overridden, key_overrides
@@ -151,7 +151,8 @@ def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, A
         model, state, f"Checkpoint {cfg.ckpt_path}", "Override student=... to match the checkpoint."
     )
     datamodule = builders.build_datamodule(cfg)
-    check_label_space(datamodule, model, (run_config.get("data") or {}).get("class_names"), cfg.ckpt_path)
+    trained_on = hparams.get("class_names") or (run_config.get("data") or {}).get("class_names")
+    check_label_space(datamodule, model, trained_on, cfg.ckpt_path)
     loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}.get(cfg.split)
     if loader is None:
         raise ConfigError(f"split={cfg.split!r} is not one of 'val', 'test'")
