@@ -394,7 +394,8 @@ def test_cases5_6_sigterm_saves_last_ckpt_exits_nonzero_and_resume_keeps_every_h
 def test_slurm_requeue_signal_saves_and_requeues_then_the_job_resumes(tmp_path: Path) -> None:
     """Lightning's SLURM support: SIGUSR1 (SLURM's requeue signal, ``--signal=USR1@...``) saves
     ``hpc_ckpt_1.ckpt`` and calls ``scontrol requeue <job id>``; the requeued job (same command,
-    ``auto_resume=true``) continues from it. ``scontrol`` is a stand-in recording its arguments."""
+    ``auto_resume=true``) continues from the newest of it and last.ckpt. ``scontrol`` is a stand-in
+    recording its arguments; the SLURM variables are those srun sets for one task."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol_calls"
@@ -421,9 +422,10 @@ def test_slurm_requeue_signal_saves_and_requeues_then_the_job_resumes(tmp_path: 
     while not calls.is_file() and time.monotonic() - start < 60:
         time.sleep(0.1)
     assert calls.read_text().split() == ["requeue", "4242"]
-    proc.send_signal(signal.SIGTERM)  # what SLURM does to a requeued job
+    # SLURM then stops the job; a SIGTERM would also write a newer last.ckpt (tested above), so kill it
+    # without grace (a lost node): the requeued job must find the requeue checkpoint by itself.
+    proc.kill()
     proc.communicate(timeout=300)
-    assert proc.returncode == 143
     step = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True, map_location="cpu")["global_step"]
     done = run("bcd-train", args, tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
