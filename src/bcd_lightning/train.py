@@ -66,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = builders.build_datamodule(cfg)
     if getattr(datamodule, "verify", False) and cfg.get("train", True):
         splits = [("train", datamodule.train_set), ("val", datamodule.val_set), ("test", datamodule.test_set)]
-        verify_datasets(splits, progress=cfg.trainer.get("enable_progress_bar", True) is not False)
+        progress = cfg.trainer.get("enable_progress_bar", True) is not False
+        verify_datasets(splits, progress=progress, num_workers=datamodule.num_workers)
     module = builders.build_module(cfg, datamodule)
     if ckpt_path and ckpt_path not in LIGHTNING_NAMES:
         check_checkpoint_matches(ckpt_path, module)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from bcd_lightning.data.files import DatasetError, PairedSegmentation
 
@@ -33,9 +33,28 @@ def file_datasets(splits: Iterable[tuple[str, Dataset | None]]) -> list[tuple[st
     return out
 
 
-def verify_datasets(splits: Sequence[tuple[str, Dataset | None]], progress: bool = True) -> dict[str, float]:
-    """Check every sample of every file-backed split; raise one :class:`DatasetError` listing all bad
-    files. Returns ``{"samples": n, "seconds": t}``."""
+class _Checked(Dataset):
+    """Sample ``i`` -> ``None`` when it loads, else its error message (loaded in DataLoader workers)."""
+
+    def __init__(self, name: str, dataset: PairedSegmentation) -> None:
+        self.name, self.dataset = name, dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> str | None:
+        try:
+            self.dataset.load(index)
+        except DatasetError as err:
+            return f"[{self.name}] {' '.join(str(err).split())}"
+        return None
+
+
+def verify_datasets(
+    splits: Sequence[tuple[str, Dataset | None]], progress: bool = True, num_workers: int = 0
+) -> dict[str, float]:
+    """Check every sample of every file-backed split (``num_workers`` processes, like the loaders);
+    raise one :class:`DatasetError` listing all bad files. Returns ``{"samples": n, "seconds": t}``."""
     datasets = file_datasets(splits)
     total = sum(len(d) for _, d in datasets)
     if not total:
@@ -44,11 +63,12 @@ def verify_datasets(splits: Sequence[tuple[str, Dataset | None]], progress: bool
     start = time.perf_counter()
     with _progress(total, progress) as advance:
         for name, dataset in datasets:
-            for index in range(len(dataset)):
-                try:
-                    dataset.load(index)
-                except DatasetError as err:
-                    problems.append(f"[{name}] {' '.join(str(err).split())}")
+            loader = DataLoader(
+                _Checked(name, dataset), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
+            )
+            for problem in loader:
+                if problem is not None:
+                    problems.append(problem)
                 advance()
     seconds = time.perf_counter() - start
     if problems:
