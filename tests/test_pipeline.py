@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bcd_lightning.pipeline import run_pipeline
 from support import FAST
 
@@ -29,3 +31,24 @@ def test_pipeline_trains_teacher_once_and_writes_table(tmp_path: Path, capsys) -
     assert "Reusing the teacher checkpoint" in capsys.readouterr().out
     assert not (tmp_path / "second" / "teacher").exists()
     assert [r["model"] for r in rows] == ["teacher", "baseline"]
+
+
+def test_a_user_mistake_in_a_stage_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 14: bcd-pipeline reports a config mistake of any stage in one line, exit status 1."""
+    from bcd_lightning.pipeline import main
+
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "seed=abc",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                "--out-dir",
+                str(tmp_path / "p"),
+                "--retrain-teacher",
+            ]
+        )
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: ConfigError: Config key 'seed' = 'abc' has the wrong type" in err and "Traceback" not in err
+    )

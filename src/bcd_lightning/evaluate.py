@@ -32,7 +32,7 @@ from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.utils.config_check import ConfigError, check_config
 from bcd_lightning.utils.errors import exit_if_failed, friendly_errors, hydra_task
 from bcd_lightning.utils.overrides import precheck_overrides
-from bcd_lightning.utils.run_dir import atomic_write_text, save_and_print_config
+from bcd_lightning.utils.run_dir import atomic_write_text, check_run_dir_overrides, save_and_print_config
 
 REUSED_GROUPS = ("data", "student")
 
@@ -228,6 +228,7 @@ def main() -> None:
     args, DEFERRED[:] = split_overrides(sys.argv[1:])
     sys.argv[1:] = args
     friendly_errors(precheck_overrides)("eval", args)
+    friendly_errors(check_run_dir_overrides)(args)
     hydra_main()
     exit_if_failed()
 
