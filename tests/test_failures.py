@@ -367,6 +367,7 @@ def _wandb_ids(run_dir: Path) -> list[str]:
     return sorted(p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.slow  # two or three short training runs with signals (~1 min)
 def test_cases5_6_sigterm_saves_last_ckpt_exits_nonzero_and_resume_keeps_every_history(
     tmp_path: Path,
 ) -> None:
@@ -396,6 +397,7 @@ def test_cases5_6_sigterm_saves_last_ckpt_exits_nonzero_and_resume_keeps_every_h
     assert len(ids) == 2 and ids[0] == ids[1]  # two sessions, one wandb run id
 
 
+@pytest.mark.slow  # two or three short training runs with signals (~1 min)
 def test_slurm_requeue_signal_saves_and_requeues_then_the_job_resumes(tmp_path: Path) -> None:
     """Lightning's SLURM support: SIGUSR1 (SLURM's requeue signal, ``--signal=USR1@...``) saves
     ``hpc_ckpt_1.ckpt`` and calls ``scontrol requeue <job id>``; the requeued job (same command,
