@@ -3,8 +3,8 @@
     python scripts/aggregate_runs.py logs/embedded_compare/multiruns/<time>
     python scripts/aggregate_runs.py <sweep dir> --by task_name --csv out.csv --md out.md
 
-Reads every ``metrics.json`` under the directory (one per finished bcd-train job); lists jobs that have
-none (crashed or still running) on stderr.
+Reads every ``metrics.json`` under the directory (one per bcd-train job); lists failed jobs (their record
+says ``status: failed`` and the error) and jobs that have none (killed or still running) on stderr.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from bcd_lightning.aggregate import (
     incomplete_jobs,
     load_runs,
     markdown_table,
+    report_failed,
     summarize,
 )
 from bcd_lightning.utils.run_dir import atomic_write_text
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    report_failed(args.sweep_dir)
     for job in incomplete_jobs(args.sweep_dir):
         print(f"warning: no metrics.json in {job} (job crashed or unfinished): left out", file=sys.stderr)
     keys = [key for key, *_ in TABLE_METRICS]

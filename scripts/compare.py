@@ -24,7 +24,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bcd_lightning.aggregate import TABLE_METRICS, csv_table, load_runs, markdown_table, summarize
+from bcd_lightning.aggregate import (
+    TABLE_METRICS,
+    csv_table,
+    load_runs,
+    markdown_table,
+    report_failed,
+    summarize,
+)
 from bcd_lightning.utils.run_dir import atomic_write_text
 
 METHODS = ("none", "kd", "cwd", "skd", "ifvd", "cirkd", "boundary", "context", "bcd")
@@ -368,8 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"Tabulate them with --aggregate-only {sweep_dir}",
                 file=sys.stderr,
             )
+            report_failed(sweep_dir)
             return done.returncode
     runs = load_runs(sweep_dir)
+    report_failed(sweep_dir)
     if args.aggregate_only is not None and (sweep_dir / COMMAND_FILE).is_file():
         # The page names the command that trained the runs, and this one that tabulated them.
         command = f"{(sweep_dir / COMMAND_FILE).read_text().strip()}\n# tabulated with: {command}"

@@ -49,3 +49,24 @@ def test_aggregate_means_and_sample_std_over_seeds() -> None:
     assert kd["mIoU"] == pytest.approx(0.6) and kd["mIoU_std"] == pytest.approx(0.1 * 2**0.5)
     assert kd["ms_per_image"] == pytest.approx(3.0) and kd["per_class"] == {"bg": pytest.approx(0.8)}
     assert (teacher["seeds"], teacher["mIoU"], teacher["mIoU_std"]) == (1, 0.8, 0.0)
+
+
+def test_a_user_mistake_in_a_stage_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 14: bcd-pipeline reports a config mistake of any stage in one line, exit status 1."""
+    from bcd_lightning.pipeline import main
+
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "seed=abc",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                "--out-dir",
+                str(tmp_path / "p"),
+                "--retrain-teacher",
+            ]
+        )
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: ConfigError: Config key 'seed' = 'abc' has the wrong type" in err and "Traceback" not in err
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -64,7 +66,7 @@ def test_cached_training_gives_the_uncached_losses(
     assert module.teacher_cache.filled_now and module.teacher_cache.ready
     reused, module = _fit(make_cfg, teacher_state_file, *args, name="reuse")
     assert not module.teacher_cache.filled_now  # second run: no teacher pass over the training set
-    assert len(list(cache_dir.iterdir())) == 1
+    assert len([p for p in cache_dir.iterdir() if not p.name.endswith(".lock")]) == 1  # + the fill lock
     assert len(live) == len(filled) == 3
     for a, b, c in zip(live, filled, reused, strict=True):
         for k in TERMS:
@@ -218,7 +220,9 @@ def test_a_crashed_fill_leaves_nothing_and_is_refilled(tmp_path: Path) -> None:
     config = TeacherCacheConfig(enabled=True, dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="simulated crash"):
         _prepare(TeacherCache(config), teacher, student, data, {"kd": CrashOnSecondBatch()})
-    assert list(tmp_path.iterdir()) == []  # no partial cache, no temporary directory
+    assert [
+        p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")
+    ] == []  # no partial cache, no tmp dir
     cache = TeacherCache(config)
     _prepare(cache, teacher, student, data, {"kd": LogitKD()})
     assert cache.filled_now and (cache.path / "meta.json").is_file()
@@ -237,3 +241,59 @@ def test_a_cache_above_max_gib_is_refused_naming_the_setting(tmp_path: Path) -> 
     cache = TeacherCache(TeacherCacheConfig(enabled=True, dir=str(tmp_path), max_gib=1e-6))
     with pytest.raises(ConfigError, match=r"teacher.cache.max_gib=1e-06"):
         _prepare(cache, teacher, student, data)
+
+
+def test_stale_fills_are_removed_only_when_owned_by_this_host(tmp_path: Path) -> None:
+    """Issue 14 case 12: a temporary fill of another node (shared filesystem) is never deleted, even when
+    its pid is not alive here; a fill of this host whose process is gone is."""
+    from bcd_lightning.teacher_cache import _remove_stale_temporaries, host
+
+    dead = _dead_pid()
+    key = "abc123"
+    mine_dead = tmp_path / f".{key}.tmp-{host()}@{dead}@deadbeef"
+    mine_alive = tmp_path / f".{key}.tmp-{host()}@{os.getpid()}@cafe0000"
+    other_node = tmp_path / f".{key}.tmp-node-17.cluster@{dead}@feed0000"  # same pid, another host
+    for d in (mine_dead, mine_alive, other_node):
+        d.mkdir()
+    _remove_stale_temporaries(tmp_path, key)
+    assert not mine_dead.exists()
+    assert mine_alive.exists() and other_node.exists()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_filler_waits_for_the_lock_then_reuses(tmp_path: Path) -> None:
+    """Two jobs sharing the cache: while one holds the fill lock the other waits; it then finds the
+    finished cache and does not fill again (the lock is a real file lock, taken here from a thread)."""
+    import threading
+    import time
+
+    from bcd_lightning.teacher_cache import fill_lock
+
+    teacher, student, data = _setup()
+    config = TeacherCacheConfig(enabled=True, dir=str(tmp_path))
+    first = TeacherCache(config)
+    _prepare(first, teacher, student, data, {"kd": LogitKD()})
+    key = first.path.name
+    shutil.move(first.path, tmp_path / "held")  # pretend the fill is still running
+    messages: list[str] = []
+    second = TeacherCache(config)
+    with fill_lock(tmp_path, key):
+        worker = threading.Thread(
+            target=lambda: second.prepare(
+                teacher, student, {"kd": LogitKD()}, data, batch_size=4, log=messages.append
+            )
+        )
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and any("waiting" in m for m in messages)
+        shutil.move(tmp_path / "held", tmp_path / key)  # the other fill completes
+    worker.join(timeout=60)
+    assert not second.filled_now and any("filled by another process" in m for m in messages)

@@ -125,10 +125,12 @@ def test_bcd_eval_rejects_checkpoint_of_another_architecture(
     teacher_state_file: Path, tmp_path: Path
 ) -> None:
     from bcd_lightning.models import TeacherLoadError
+    from bcd_lightning.utils.errors import CheckpointError
 
     # A U-Net ResNet-18 state dict evaluated as the default (MobileNetV3) student.
     cfg = compose_config(
         [f"ckpt_path={teacher_state_file}", f"paths.output_dir={tmp_path}", "print_config=false"], "eval"
     )
-    with pytest.raises(TeacherLoadError, match=r"does not match the architecture.*student=\.\.\."):
+    with pytest.raises(CheckpointError, match=r"does not match the architecture.*student=\.\.\.") as info:
         evaluate(cfg, overridden=set())
+    assert not isinstance(info.value, TeacherLoadError)  # issue 14: a student checkpoint, not the teacher's

@@ -58,7 +58,8 @@ def write_run_record(output_dir: Path, record: Mapping[str, Any]) -> Path:
 def load_runs(root: Path) -> list[dict[str, Any]]:
     """Every bcd-train run record under ``root`` (recursively), sorted by path; each gets ``run_dir``.
 
-    Files named metrics.json without ``method`` and ``metrics`` (bcd-eval's output) are skipped.
+    Files named metrics.json without ``method`` and ``metrics`` (bcd-eval's output) are skipped, and so
+    are failed jobs (``status: failed``; :func:`failed_runs` lists them).
 
     Raises FileNotFoundError naming ``root`` when it does not exist or holds no record.
     """
@@ -73,16 +74,42 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path} is not valid JSON ({err}); delete or re-run that job.") from err
         if not (isinstance(record, dict) and "method" in record and isinstance(record.get("metrics"), dict)):
             continue  # another tool's metrics.json (e.g. bcd-eval's flat scores), not a training run
+        if record.get("status") == "failed":
+            continue  # no numbers: listed by failed_runs, never averaged
         runs.append({**record, "run_dir": str(path.parent)})
     if not runs:
+        failed = failed_runs(root)
         raise FileNotFoundError(
-            f"No {RECORD_NAME} under {root}: did the jobs finish? (bcd-train writes one per run)"
+            f"No {RECORD_NAME} under {root}"
+            + (
+                f" with results: all {len(failed)} jobs failed (first: {failed[0][0]}: {failed[0][1]})"
+                if failed
+                else ": did the jobs finish? (bcd-train writes one per run)"
+            )
         )
     return runs
 
 
+def failed_runs(root: Path) -> list[tuple[Path, str]]:
+    """``(run dir, error)`` of every job under ``root`` whose ``metrics.json`` says ``status: failed``."""
+    from bcd_lightning.utils.errors import failed_jobs_under
+
+    return failed_jobs_under(Path(root), RECORD_NAME)
+
+
+def report_failed(root: Path, file: Any = None) -> list[tuple[Path, str]]:
+    """Print one ``warning: failed job <dir>: <error>`` line per failed job (stderr); returns them."""
+    import sys
+
+    failed = failed_runs(root)
+    for run_dir, error in failed:
+        print(f"warning: failed job {run_dir}: {error} (left out of the table)", file=file or sys.stderr)
+    return failed
+
+
 def incomplete_jobs(root: Path) -> list[Path]:
-    """Hydra job directories (with ``.hydra/``) under ``root`` that have no run record: crashed jobs."""
+    """Hydra job directories (with ``.hydra/``) under ``root`` that have no run record: jobs killed
+    without a trace (failed jobs write a record with ``status: failed``, see :func:`failed_runs`)."""
     return sorted(p.parent for p in Path(root).rglob(".hydra") if not (p.parent / RECORD_NAME).is_file())
 
 

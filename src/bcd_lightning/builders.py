@@ -104,16 +104,21 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule) -> SegmentationModu
     terms = distill_terms(cfg)
     if cfg.get("compile"):
         student.compile()  # in place: checkpoint keys keep their names (no `_orig_mod.`)
-    if not terms:
-        return SegmentationModule(model=student, **common)
-    return DistillationModule(
-        student=student,
-        teacher=build_teacher(cfg),
-        losses=terms,
-        teacher_min_miou=cfg.get("teacher_min_miou"),
-        teacher_cache=build_teacher_cache(cfg, datamodule),
-        **common,
-    )
+    teacher = build_teacher(cfg) if terms else None
+    cache = build_teacher_cache(cfg, datamodule) if terms else None
+    try:  # the modules check the config's values: what they reject is a config mistake, one line
+        if not terms:
+            return SegmentationModule(model=student, **common)
+        return DistillationModule(
+            student=student,
+            teacher=teacher,
+            losses=terms,
+            teacher_min_miou=cfg.get("teacher_min_miou"),
+            teacher_cache=cache,
+            **common,
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

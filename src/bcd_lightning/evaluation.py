@@ -70,6 +70,14 @@ def inference_ms_per_image(
 
 def load_run_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The model state dict and the run config stored in a bcd-train checkpoint."""
+    state, config, _ = load_run_checkpoint_hparams(path)
+    return state, config
+
+
+def load_run_checkpoint_hparams(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """:func:`load_run_checkpoint` plus the module's hyperparameters (``class_names``, ...)."""
     checkpoint = load_checkpoint_file(path)
-    config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
-    return extract_model_state(checkpoint, str(path)), config
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    return extract_model_state(checkpoint, str(path)), hparams.get("config") or {}, hparams

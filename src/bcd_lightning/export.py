@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,9 +29,9 @@ from bcd_lightning.evaluation import load_run_checkpoint
 from bcd_lightning.models import SegModel
 from bcd_lightning.models.seg_model import count_parameters
 from bcd_lightning.models.teacher import load_weights_strict
+from bcd_lightning.utils.atomic import atomic_write_from_temp, atomic_write_text
 from bcd_lightning.utils.config_check import ConfigError
-from bcd_lightning.utils.errors import friendly_errors
-from bcd_lightning.utils.run_dir import atomic_write_text
+from bcd_lightning.utils.errors import StorageError, friendly_errors
 
 
 class LogitsOnly(nn.Module):
@@ -88,10 +89,36 @@ def export_student(
     ckpt_path = Path(ckpt_path)
     model, config = load_student(ckpt_path)
     out = Path(out_dir) if out_dir else ckpt_path.resolve().parent.parent / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise StorageError(
+            f"--out {out}: {blocking} is a file, not a folder. Give a folder (created if missing)."
+        )
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ConfigError(f"--size {' '.join(map(str, size))}: height and width must be positive integers.")
     h, w = tuple(size) if size else default_size(config, model.output_stride)
     example = torch.randn(1, 3, h, w)
     model.check_input(example)  # one clear line for a size the encoder cannot take
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export(model, config, ckpt_path, out, example, onnx, opset)
+    except BaseException:
+        if created:  # a failed export leaves no (empty or partial) output folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _export(
+    model: SegModel,
+    config: dict[str, Any],
+    ckpt_path: Path,
+    out: Path,
+    example: Tensor,
+    onnx: bool | None,
+    opset: int,
+) -> dict[str, Any]:
+    h, w = example.shape[-2:]
     with torch.no_grad():
         resize = model.net(example).shape[-2:] != example.shape[-2:]
         student = LogitsOnly(model, resize=resize).eval()
@@ -107,7 +134,7 @@ def export_student(
         "input": f"float32 [B, 3, H, W], ImageNet-normalised, H and W multiples of {model.output_stride}",
         "output": "logits [B, num_classes, H, W]",
         "output_stride": model.output_stride,
-        "example_size": [h, w],
+        "example_size": [int(h), int(w)],
         "parameters": count_parameters(student),
         "torchscript": str(out / "student.pt"),
     }
@@ -126,27 +153,31 @@ def export_onnx(student: nn.Module, example: Tensor, reference: Tensor, path: Pa
     import onnx
     import onnxruntime
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            student,
-            (example,),
-            str(tmp),
-            input_names=["image"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamo=False,
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    onnx.checker.check_model(str(tmp))
-    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"image": example.numpy()})
-    diff = float((torch.from_numpy(got) - reference).abs().max())
-    if diff > 1e-4:
-        tmp.unlink()
-        raise RuntimeError(f"ONNX output differs from the student by {diff:.2e} (> 1e-4): not written.")
-    tmp.replace(path)
-    return diff
+    diffs: list[float] = []
+
+    def produce(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                student,
+                (example,),
+                str(tmp),
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        onnx.checker.check_model(str(tmp))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"image": example.numpy()})
+        diffs.append(float((torch.from_numpy(got) - reference).abs().max()))
+        if diffs[0] > 1e-4:  # raised before the file is moved into place: nothing is written
+            raise RuntimeError(
+                f"ONNX output differs from the student by {diffs[0]:.2e} (> 1e-4): not written."
+            )
+
+    atomic_write_from_temp(path, produce)
+    return diffs[0]
 
 
 def _onnx_available() -> bool:
@@ -159,9 +190,7 @@ def _onnx_available() -> bool:
 
 
 def _atomic_save_script(module: torch.jit.ScriptModule, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.jit.save(module, str(tmp))
-    tmp.replace(path)
+    atomic_write_from_temp(path, lambda tmp: torch.jit.save(module, str(tmp)))
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

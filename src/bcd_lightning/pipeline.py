@@ -27,6 +27,7 @@ from bcd_lightning.evaluation import evaluate_model, inference_ms_per_image, loa
 from bcd_lightning.models import count_parameters
 from bcd_lightning.models.teacher import load_weights_strict
 from bcd_lightning.train import train
+from bcd_lightning.utils.errors import friendly_errors
 from bcd_lightning.utils.run_dir import atomic_write_text
 
 DEFAULT_STUDENTS = ("baseline", "kd", "bcd")
@@ -219,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The stages' messages (utils.logs) to the console; the stages' run directories hold the rest.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_pipeline(
+    # A user mistake in any stage is one line (exit 1); a bug keeps its traceback (utils.errors).
+    friendly_errors(run_pipeline)(
         args.overrides, args.students.split(","), args.retrain_teacher, args.out_dir, seeds, args.results_doc
     )
 

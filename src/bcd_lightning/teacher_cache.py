@@ -14,24 +14,31 @@ Safety:
   names and shapes, so a changed teacher, dataset, transform or loss setting never meets a stale cache;
 * a cache is filled in a temporary directory and renamed into place only when every sample is written
   (``meta.json`` inside is the completion marker), so a crashed fill is never used;
+* one process fills a key at a time: a lock file (``filelock``) beside the cache, so concurrent jobs of a
+  sweep (other nodes included, on a shared filesystem) wait and then reuse the finished cache; a
+  temporary fill is owned by ``<host>@<pid>`` and only removed as stale by a process on *its* host
+  that sees the pid gone (another node's fill in progress is never deleted);
 * a training set that does not declare ``deterministic = True`` is refused with one clear error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -277,9 +284,14 @@ class TeacherCache:
                     f"teacher.cache: no complete cache at {final}; rank 0 should have filled it "
                     "(is teacher.cache.dir on a file system every process sees?)."
                 )
-            log(f"Teacher cache: filling {final} ({n} samples, entries {sorted(spec)}).")
-            self._fill(root, final, n, spec, first, first_entries, batches, entries_of)
-            self.filled_now = True
+            root.mkdir(parents=True, exist_ok=True)
+            with fill_lock(root, final.name, log):
+                if (final / "meta.json").is_file():  # another job filled it while this one waited
+                    log(f"Teacher cache: reusing {final} (filled by another process).")
+                else:
+                    log(f"Teacher cache: filling {final} ({n} samples, entries {sorted(spec)}).")
+                    self._fill(root, final, n, spec, first, first_entries, batches, entries_of)
+                    self.filled_now = True
         else:
             log(f"Teacher cache: reusing {final}.")
         self._open(final, spec, n)
@@ -311,7 +323,7 @@ class TeacherCache:
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(root, final.name)
-        tmp = root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = root / f".{final.name}.tmp-{owner()}@{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             dtype = DTYPES[self.config.dtype]
@@ -368,13 +380,44 @@ class TeacherCache:
         return output_from_entries(entries)
 
 
+def host() -> str:
+    """This machine's name as it appears in owner tags (no ``@``, which separates the tag's parts)."""
+    return socket.gethostname().replace("@", "_") or "unknown-host"
+
+
+def owner() -> str:
+    """``<host>@<pid>``: who fills a temporary cache directory."""
+    return f"{host()}@{os.getpid()}"
+
+
+@contextlib.contextmanager
+def fill_lock(root: Path, key: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold ``<root>/.<key>.lock`` while filling: jobs sharing the cache fill a key once, in turn."""
+    lock = FileLock(str(root / f".{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"Teacher cache: another process is filling {root / key}; waiting for it ({lock.lock_file}).")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _remove_stale_temporaries(root: Path, key: str) -> None:
-    """Temporary fills of ``key`` left by processes that no longer exist (a crash mid-fill)."""
+    """Temporary fills of ``key`` left by crashed processes *of this host* (``<host>@<pid>`` tag, pid gone).
+
+    A fill owned by another host is never touched: its pid means nothing here (on a shared filesystem
+    it may be a fill in progress on another node). Untagged names of older versions are left alone too.
+    """
     for tmp in root.glob(f".{key}.tmp-*"):
+        parts = tmp.name.split(".tmp-", 1)[1].rsplit("@", 2)
+        if len(parts) != 3 or parts[0] != host():
+            continue
         try:
-            pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
-            os.kill(pid, 0)
+            os.kill(int(parts[1]), 0)
         except ProcessLookupError:
             shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
+        except (ValueError, PermissionError):
             continue

@@ -11,17 +11,26 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from bcd_lightning import builders
 from bcd_lightning.aggregate import method_name, write_run_record
+from bcd_lightning.callbacks.logger_history import (
+    LoggerHistory,
+    prepare_resume,
+    read_csv_history,
+    restore_csv,
+    saved_history,
+)
 from bcd_lightning.callbacks.step_timer import MEDIAN_KEY, batch_geometry
+from bcd_lightning.data.verify import verify_datasets
 from bcd_lightning.utils.config_check import ConfigError, check_config
-from bcd_lightning.utils.errors import friendly_errors
+from bcd_lightning.utils.errors import exit_if_failed, failure_record, friendly_errors, hydra_task
 from bcd_lightning.utils.logs import get_logger
 from bcd_lightning.utils.overrides import precheck_overrides
 from bcd_lightning.utils.resume import LIGHTNING_NAMES, check_checkpoint_matches, resolve_ckpt_path
-from bcd_lightning.utils.run_dir import atomic_copy, save_and_print_config
+from bcd_lightning.utils.run_dir import atomic_copy, check_run_dir_overrides, save_and_print_config
 
 log = get_logger(__name__)
 
@@ -59,12 +68,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.matmul_precision)
 
     datamodule = builders.build_datamodule(cfg)
+    if getattr(datamodule, "verify", False) and cfg.get("train", True):
+        splits = [("train", datamodule.train_set), ("val", datamodule.val_set), ("test", datamodule.test_set)]
+        progress = cfg.trainer.get("enable_progress_bar", True) is not False
+        verify_datasets(splits, progress=progress, num_workers=datamodule.num_workers)
     module = builders.build_module(cfg, datamodule)
     if ckpt_path and ckpt_path not in LIGHTNING_NAMES:
         check_checkpoint_matches(ckpt_path, module)
         log.info("Resuming from %s", ckpt_path)
-    callbacks = builders.build_callbacks(cfg)
+    # History-preserving resume: the checkpoint says how far each logger's history had got.
+    resumed = saved_history(ckpt_path) if ckpt_path not in LIGHTNING_NAMES else None
+    if resumed is not None:
+        prepare_resume(cfg, *resumed)
+    callbacks = [*builders.build_callbacks(cfg), LoggerHistory()]
     loggers = builders.build_loggers(cfg)
+    if resumed is not None and getattr(rank_zero_only, "rank", 0) == 0:
+        restore_csv(loggers, read_csv_history(loggers, resumed[0]))
     trainer = builders.build_trainer(cfg, callbacks, loggers)
     try:
         if cfg.get("train", True):
@@ -123,9 +142,24 @@ def run_record(cfg: DictConfig, metrics: dict[str, Any], best: str) -> dict[str,
         "seed": int(cfg.seed),
         "task_name": str(cfg.task_name),
         "overrides": _hydra_overrides(),
+        "status": "completed",
         "best_model_path": best,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
     }
+
+
+def record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """A failed job's ``metrics.json``: who it was (as far as the config says) and the error."""
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    identity: dict[str, Any] = {"overrides": _hydra_overrides(), "metrics": {}}
+    for key, value in (("method", lambda: method_name(cfg)), ("seed", lambda: int(cfg.seed))):
+        try:
+            identity[key] = value()
+        except Exception:  # a broken config is what failed: record what can be read
+            identity[key] = None
+    identity["task_name"] = str(cfg.get("task_name"))
+    write_run_record(output_dir_of(cfg), {**identity, **failure_record(err)})
 
 
 def _hydra_overrides() -> list[str]:
@@ -155,7 +189,7 @@ def _finish_wandb() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@friendly_errors
+@hydra_task(record=record_failure)
 def hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # The value Hydra sweepers (Optuna) optimise: `optimized_metric` (e.g. val/mIoU_best) when set.
@@ -171,7 +205,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``bcd-train``: a typo in a key or group option fails in one line (with the valid ones) first."""
     friendly_errors(precheck_overrides)("train", sys.argv[1:])
+    friendly_errors(check_run_dir_overrides)(sys.argv[1:])
     hydra_main()
+    exit_if_failed()  # a failed job never ends a sweep, but the command says so at the end
 
 
 if __name__ == "__main__":

@@ -30,3 +30,31 @@ def test_cli_tables_a_sweep_and_reports_crashed_jobs(tmp_path: Path, capsys) -> 
 def test_cli_fails_in_one_line_without_runs(tmp_path: Path, capsys) -> None:
     assert aggregate_runs.main([str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: No metrics.json under")
+
+
+def test_cli_lists_failed_jobs_and_leaves_them_out(tmp_path: Path, capsys) -> None:
+    """Issue 14: a failed job's record (status: failed + error) is listed, never averaged."""
+    ok = {"method": "kd", "seed": 0, "status": "completed", "metrics": {"test/mIoU": 0.5}}
+    failed = {
+        "method": "kd",
+        "seed": 1,
+        "status": "failed",
+        "error": "NonFiniteLossError: kd=nan",
+        "metrics": {},
+    }
+    for job, record in enumerate([ok, failed]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps(record))
+    assert aggregate_runs.main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "| kd | 1 | 50.00 |" in out  # n = 1: the failed seed is not a run of the table
+    assert f"failed job {tmp_path / '1'}: NonFiniteLossError: kd=nan" in err
+    assert "no metrics.json" not in err
+
+
+def test_cli_says_when_every_job_failed(tmp_path: Path, capsys) -> None:
+    (tmp_path / "0").mkdir()
+    record = {"method": "kd", "seed": 0, "status": "failed", "error": "ValueError: bad", "metrics": {}}
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(record))
+    assert aggregate_runs.main([str(tmp_path)]) == 1
+    assert "all 1 jobs failed" in capsys.readouterr().err

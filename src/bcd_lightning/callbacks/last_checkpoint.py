@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -18,6 +21,11 @@ class LastCheckpoint(ModelCheckpoint):
     would go back to its last best epoch. This is an unmonitored ModelCheckpoint writing one file,
     ``last.ckpt``, on its own schedule. Being its own class gives it its own checkpoint state key, so
     users may add other unmonitored ModelCheckpoints beside it.
+
+    A run stopped by a signal mid-fit also writes it: SIGTERM (SLURM preemption / time limit, ``docker
+    stop``; Lightning raises ``SIGTERMException`` at the end of the step) and the ``SystemExit`` of
+    submitit's requeue handler (SIGUSR2 before the time limit), so the requeued job resumes from the
+    step it stopped at (``auto_resume=true``).
     """
 
     def __init__(
@@ -38,3 +46,14 @@ class LastCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
             **kwargs,
         )
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SystemExit) or trainer.state.fn != "fit" or self.dirpath is None:
+            return  # only a signal-driven stop (SIGTERMException is a SystemExit); errors keep the old file
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        path = os.path.join(self.dirpath, f"{self.filename}{self.FILE_EXTENSION}")
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"Stopped by a signal at step {trainer.global_step}: saved {path}")

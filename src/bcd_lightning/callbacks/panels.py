@@ -11,8 +11,6 @@ and the image with ground truth / prediction mask overlays (class labels) are lo
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from bcd_lightning.data.datamodule import dataset_size
 from bcd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bcd_lightning.distill.boundary import BoundaryDistillation, BoundaryWeightedKD
 from bcd_lightning.distill.functional import boundary_map
+from bcd_lightning.utils.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     from bcd_lightning.lit.segmentation import SegmentationModule
@@ -124,14 +123,7 @@ def save_png(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def boundary_stage(pl_module: L.LightningModule) -> tuple[int, int]:

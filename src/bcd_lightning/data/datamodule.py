@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence, Sized
 from typing import Any, cast
@@ -10,7 +11,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, default_collate
 
 from bcd_lightning.data.resumable_loader import ResumableDataLoader
 
@@ -64,6 +65,8 @@ class SegDataModule(L.LightningDataModule):
         root: where the data lives (configs interpolate it into each split as ``${data.root}``).
         shuffle_seed: seeds the training shuffle (its own generator, saved in checkpoints so a resumed
             run sees the same batches); ``None``: ``torch.initial_seed()``, i.e. the run's ``seed``.
+        verify: read every sample of every split before fitting and report all bad files at once
+            (:mod:`bcd_lightning.data.verify`; bcd-train runs it).
 
     ``class_names`` defaults to the training set's ``class_names`` when it has them, and a training set
     that knows its ``num_classes`` must agree with ``num_classes``.
@@ -84,9 +87,11 @@ class SegDataModule(L.LightningDataModule):
         drop_last: bool = True,
         root: str | None = None,
         shuffle_seed: int | None = None,
+        verify: bool = False,
     ) -> None:
         super().__init__()
         self.root = root
+        self.verify = verify
         own = getattr(train_set, "num_classes", None)
         if isinstance(own, int) and own != num_classes:
             raise ValueError(
@@ -129,6 +134,7 @@ class SegDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(seed + 1),
+            collate_fn=functools.partial(collate, key="data.batch_size" if train else "data.val_batch_size"),
         )
         if not train:
             return DataLoader(dataset, sampler=evaluation_sampler(dataset), **common)
@@ -177,3 +183,20 @@ def evaluation_sampler(dataset: Dataset) -> Sampler:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return UnrepeatedDistributedSampler(as_sized(dataset), shuffle=False)
     return SequentialSampler(as_sized(dataset))
+
+
+def collate(batch: list[dict[str, Any]], key: str = "data.batch_size") -> Any:
+    """``default_collate`` with a hint when the samples of one batch differ in size."""
+    try:
+        return default_collate(batch)
+    except RuntimeError as err:
+        if "stack expects each tensor to be equal size" not in str(err):
+            raise
+        from bcd_lightning.utils.config_check import ConfigError
+
+        sizes = sorted({tuple(item["image"].shape[-2:]) for item in batch if "image" in item})
+        raise ConfigError(
+            f"The images of one batch have different sizes {sizes}, so they cannot be stacked: with "
+            f"{key} > 1 every image of a batch must have the same size. Set {key}=1 (e.g. full-resolution "
+            "validation) or crop/resize to one size in that split's transform."
+        ) from err

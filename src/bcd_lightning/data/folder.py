@@ -27,6 +27,7 @@ naming the file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class ClassSpec:
             raise DatasetError(f"Class file {path} not found. {HINT}")
         try:
             spec = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:  # unreadable (permissions): say so, not "num_classes has the wrong type"
+            raise DatasetError(f"Class file {path} cannot be read: {err.strerror or err}.") from err
         except yaml.YAMLError as err:
             raise DatasetError(f"Class file {path} is not valid YAML: {err}".replace("\n", " ")) from err
         if not isinstance(spec, dict):
@@ -121,7 +124,7 @@ class ClassSpec:
 def _index_files(folder: Path, extensions: tuple[str, ...], suffix: str, what: str) -> dict[str, Path]:
     """``{relative path without extension (and suffix): file}``; two files with one key are an error."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
+    for path in _walk(folder):
         if not path.is_file() or path.name.startswith("."):
             continue
         ext = path.suffix.lower()
@@ -141,6 +144,19 @@ def _index_files(folder: Path, extensions: tuple[str, ...], suffix: str, what: s
             raise DatasetError(f"Two {what} files for one sample: {found[key]} and {path}.")
         found[key] = path
     return found
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted; an unreadable folder is an error (``rglob`` skips it silently,
+    which reads as "0 images")."""
+
+    def unreadable(err: OSError) -> None:
+        raise DatasetError(f"Cannot read the folder {err.filename}: {err.strerror or err}.") from err
+
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DatasetError(f"Cannot read the folder {folder}: permission denied.")
+    files = [Path(d) / n for d, _, names in os.walk(folder, onerror=unreadable) for n in names]
+    return sorted(files)
 
 
 class FolderSegmentation(PairedSegmentation):

@@ -17,6 +17,7 @@ from bcd_lightning.lit.segmentation import SegmentationModule
 from bcd_lightning.metrics import SegmentationIoU
 from bcd_lightning.models import FrozenTeacher, SegModel, SegOutput
 from bcd_lightning.teacher_cache import TeacherCache
+from bcd_lightning.utils.errors import UserError
 from bcd_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)
@@ -31,7 +32,7 @@ class LossTerm:
     schedule: WeightSchedule | Mapping[str, Any] | None = None
 
 
-class TeacherQualityError(RuntimeError):
+class TeacherQualityError(UserError, RuntimeError):
     """The teacher scores below ``teacher_min_miou`` before fitting (e.g. a mis-loaded checkpoint)."""
 
 

@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from bcd_lightning.utils.errors import NonFiniteLossError
+
 POLICIES = ("stop", "skip")
 
 
@@ -47,12 +49,12 @@ class NonFiniteGuard:
         where = f"step {module.global_step} (epoch {module.current_epoch})"
         culprits = describe(terms, weights or {})
         if self.policy == "stop":
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite loss at {where}: {culprits}. Check the learning rate, temperatures and loss "
                 "weights, or set nonfinite=skip to skip such steps."
             )
         if module.trainer.world_size > 1:
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite loss at {where}: {culprits}. nonfinite=skip needs a single process (one "
                 "rank cannot skip a step the others take); use nonfinite=stop."
             )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bcd_lightning.models.outputs import OUTPUT_FIELDS, SegOutput
+from bcd_lightning.utils.config_check import ConfigError
 
 
 class SegModel(nn.Module):
@@ -74,7 +75,7 @@ class SegModel(nn.Module):
         h, w = x.shape[-2:]
         s = self.output_stride
         if h % s or w % s:
-            raise ValueError(
+            raise ConfigError(
                 f"Input size {h}x{w} is not divisible by the output stride {s} of encoder "
                 f"{self.encoder_name!r}; resize or pad to {-(-h // s) * s}x{-(-w // s) * s} "
                 "(e.g. data.image_size / data.crop_size)."

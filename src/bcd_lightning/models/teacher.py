@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from bcd_lightning.models.outputs import SegOutput
 from bcd_lightning.models.seg_model import SegModel
 from bcd_lightning.utils.checkpoint_read import key_mismatch, read_checkpoint
+from bcd_lightning.utils.errors import CheckpointError
 
 #: ``teacher.precision`` values and the autocast dtype each selects (``None``: plain fp32).
 TEACHER_PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -27,8 +28,9 @@ def parse_precision(precision: str | int) -> str:
     return key
 
 
-class TeacherLoadError(RuntimeError):
-    """A checkpoint is missing, unreadable, or belongs to another architecture."""
+class TeacherLoadError(CheckpointError):
+    """The *teacher's* checkpoint is missing, unreadable, or belongs to another architecture (student
+    checkpoints raise :class:`~bcd_lightning.utils.errors.CheckpointError`)."""
 
 
 def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
@@ -38,22 +40,22 @@ def extract_model_state(checkpoint: dict, source: str) -> dict[str, Tensor]:
     """
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
-        raise TeacherLoadError(f"{source}: no state dict found (empty or not a checkpoint).")
+        raise CheckpointError(f"{source}: no state dict found (empty or not a checkpoint).")
     if any(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     return state
 
 
 def load_checkpoint_file(path: str | Path, what: str = "Checkpoint", hint: str = "") -> dict:
-    """``torch.load`` (weights only) with one clear :class:`TeacherLoadError` per failure mode."""
-    return read_checkpoint(path, what, TeacherLoadError, hint)
+    """``torch.load`` (weights only) with one clear :class:`CheckpointError` per failure mode."""
+    return read_checkpoint(path, what, CheckpointError, hint)
 
 
 def load_weights_strict(model: SegModel, state: dict[str, Tensor], source: str, hint: str = "") -> None:
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is one clear error."""
     problem = key_mismatch(model.state_dict(), state)
     if problem:
-        raise TeacherLoadError(
+        raise CheckpointError(
             f"{source} does not match the architecture ({model.arch}/{model.encoder_name}): "
             f"{problem}.{hint and ' ' + hint}"
         )
@@ -86,14 +88,19 @@ class FrozenTeacher(nn.Module):
         super().train(False)
 
     def load_strict(self, checkpoint: str | Path) -> None:
-        raw = load_checkpoint_file(checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`.")
-        state = extract_model_state(raw, str(checkpoint))
-        load_weights_strict(
-            self.model,
-            state,
-            f"Teacher checkpoint {checkpoint}",
-            "Check teacher.model matches the config the teacher was trained with.",
-        )
+        try:
+            raw = load_checkpoint_file(
+                checkpoint, "Teacher checkpoint", "Train one with `make train-teacher`."
+            )
+            state = extract_model_state(raw, f"Teacher checkpoint {checkpoint}")
+            load_weights_strict(
+                self.model,
+                state,
+                f"Teacher checkpoint {checkpoint}",
+                "Check teacher.model matches the config the teacher was trained with.",
+            )
+        except CheckpointError as err:  # the same message, labelled as the teacher's
+            raise TeacherLoadError(str(err)) from err
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         # Lightning and user code call train(); the teacher stays in eval whatever is asked.

@@ -11,6 +11,7 @@
 
 ``auto_resume=true`` resumes from ``<this run dir>/checkpoints/last.ckpt`` when it exists and starts
 from scratch otherwise: one command for a job that a scheduler may restart (fix ``hydra.run.dir``).
+Where Lightning's SLURM requeue (SIGUSR1) saved a newer ``<run dir>/hpc_ckpt_<n>.ckpt``, that one.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def resolve_ckpt_path(
                 "(or set auto_resume=false to resume from that checkpoint)."
             )
         remove_stale_temp_files(own_last.parent)
-        if not own_last.is_file():
+        candidates = [p for p in [own_last, *output_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        if not candidates:
             return None
-        check_checkpoint_file(own_last)
-        return str(own_last)
+        newest = max(candidates, key=lambda p: p.stat().st_mtime_ns)  # SLURM requeue: hpc_ckpt_<n>.ckpt
+        check_checkpoint_file(newest)
+        return str(newest)
     if ckpt_path is None or ckpt_path in LIGHTNING_NAMES:
         return ckpt_path
     if ckpt_path == "last":

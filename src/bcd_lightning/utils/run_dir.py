@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -12,6 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
+
+from bcd_lightning.utils.atomic import atomic_copy, atomic_write_text
+
+__all__ = ["atomic_copy", "atomic_write_text", "config_tree", "save_and_print_config"]
 
 GROUP_ORDER = (
     "data",
@@ -49,18 +51,21 @@ def save_and_print_config(cfg: DictConfig, output_dir: Path, print_tree: bool = 
         Console().print(config_tree(cfg))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def check_run_dir_overrides(args: list[str]) -> None:
+    """``hydra.run.dir=`` / ``hydra.sweep.dir=`` naming a file (or a folder under a file, or one that
+    cannot be created): one clear line before Hydra fails with its traceback."""
+    from bcd_lightning.utils.errors import StorageError
 
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy so that ``dst`` is either the old file or the complete new one, never half-written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        path = Path(value).expanduser()
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise StorageError(
+                f"{key}={value}: {blocking} is a file, not a folder. Choose another directory."
+            )
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageError(f"{key}={value}: {existing} is not writable (permission denied).")
