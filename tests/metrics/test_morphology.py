@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from bcd_lightning.metrics.morphology import (
     NO_CLASS,
-    _check_components_args,
-    _union_runs,
     boundary_band,
     count_components,
+    label_components,
     sliding_reduce_1d,
     window_reduce,
 )
@@ -26,14 +25,6 @@ def erode(mask: torch.Tensor, radius: int, border_is_background: bool = True) ->
     ``border_is_background`` (as ``mask_to_boundary`` of Cheng et al.), else a neutral frame."""
     m = mask.to(torch.uint8)
     return window_reduce(m, radius, torch.minimum, 0 if border_is_background else 1).bool()
-
-
-def label_components(labels: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
-    """Component id of every pixel of ``labels [N, H, W]`` (``NO_CLASS`` regions included), from the
-    union-find that ``count_components`` runs."""
-    _check_components_args(labels, connectivity)
-    run_id, parent, _ = _union_runs(labels, connectivity)
-    return parent[run_id].view(labels.shape)
 
 
 def spiral(h: int, w: int) -> torch.Tensor:

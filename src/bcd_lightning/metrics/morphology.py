@@ -174,6 +174,14 @@ def _check_components_args(labels: Tensor, connectivity: int) -> None:
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
 
 
+def label_components(labels: Tensor, connectivity: int = 8) -> Tensor:
+    """Component id (int64, unique over the whole batch) of every pixel of ``labels [N, H, W]``: connected
+    regions of one label, ``NO_CLASS`` pixels included as regions of their own (callers drop them)."""
+    _check_components_args(labels, connectivity)
+    run_id, parent, _ = _union_runs(labels, connectivity)
+    return parent[run_id].view(labels.shape)
+
+
 def count_components(labels: Tensor, num_classes: int, connectivity: int = 8) -> Tensor:
     """``[N, num_classes]`` int64: number of connected components of each class in each image."""
     _check_components_args(labels, connectivity)
