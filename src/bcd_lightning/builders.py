@@ -109,6 +109,7 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule) -> SegmentationModu
     try:  # the modules check the config's values: what they reject is a config mistake, one line
         if not terms:
             return SegmentationModule(model=student, **common)
+        assert teacher is not None  # built above whenever there are loss terms
         return DistillationModule(
             student=student,
             teacher=teacher,

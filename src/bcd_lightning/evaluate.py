@@ -122,6 +122,10 @@ def merge_run_config(
         for group in REUSED_GROUPS:
             if group in run_config and group not in overridden:
                 node = OmegaConf.create(run_config[group])
+                if not isinstance(node, DictConfig):
+                    raise ConfigError(
+                        f"the checkpoint's config.{group} is not a mapping: {run_config[group]!r}"
+                    )
                 apply_overrides(node, group, [o for o in overrides if _group_of(o) == (group, False)])
                 cfg[group] = node
     return cfg

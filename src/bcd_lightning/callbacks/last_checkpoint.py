@@ -52,7 +52,8 @@ class LastCheckpoint(ModelCheckpoint):
     ) -> None:
         if not isinstance(exception, SystemExit) or trainer.state.fn != "fit" or self.dirpath is None:
             return  # only a signal-driven stop (SIGTERMException is a SystemExit); errors keep the old file
-        if trainer.fast_dev_run or trainer.sanity_checking:
+        # fast_dev_run: set on the Trainer at init, but not a declared attribute
+        if getattr(trainer, "fast_dev_run", False) or trainer.sanity_checking:
             return
         path = os.path.join(self.dirpath, f"{self.filename}{self.FILE_EXTENSION}")
         trainer.save_checkpoint(path)

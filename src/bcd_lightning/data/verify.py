@@ -101,9 +101,10 @@ class _progress:
             TimeRemainingColumn(),
             transient=True,
         )
-        self._bar.start()
-        task = self._bar.add_task("verify", total=self.total)
-        return lambda: self._bar.advance(task)
+        bar = self._bar
+        bar.start()
+        task = bar.add_task("verify", total=self.total)
+        return lambda: bar.advance(task)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -199,7 +199,9 @@ class VOCDetection(Dataset):
                 name = obj.findtext("name", "").strip()
                 label = VOC_CLASSES.index(name) + 1
                 bb = obj.find("bndbox")
-                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                if bb is None:
+                    raise ValueError("no bndbox")
+                x1, y1, x2, y2 = (float(bb.findtext(k, "")) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (ValueError, TypeError, AttributeError) as err:
                 raise DatasetError(
                     f"VOC annotation {path}: object #{n} has an unknown class or a malformed bndbox ({err})"

@@ -31,8 +31,8 @@ class FeatureTap:
         self.image_list: ImageList | None = None
         self.features: OrderedDict[str, Tensor] | None = None
         self._handles: list[RemovableHandle] = [
-            detector.transform.register_forward_hook(self._on_transform),
-            detector.backbone.register_forward_hook(self._on_backbone),
+            detector.get_submodule("transform").register_forward_hook(self._on_transform),
+            detector.get_submodule("backbone").register_forward_hook(self._on_backbone),
         ]
 
     def _on_transform(self, module: nn.Module, args: tuple, output: tuple) -> None:
@@ -88,12 +88,23 @@ class FrozenDetector(nn.Module):
     def backbone_features(self, tensors: Tensor) -> OrderedDict[str, Tensor]:
         """The teacher's FPN levels for the student's padded batch tensor, no graph."""
         with torch.no_grad():
-            return OrderedDict(self.model.backbone(tensors))
+            return OrderedDict(self.model.get_submodule("backbone")(tensors))
 
     def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """Full detection forward (eval): used once to score the teacher, never inside a training step."""
         with torch.no_grad():
             return self.model(list(images))
+
+
+def backbone_channels(detector: nn.Module) -> int:
+    """Width of a torchvision detector's backbone levels (``BackboneWithFPN.out_channels``)."""
+    backbone = detector.get_submodule("backbone")
+    channels = getattr(backbone, "out_channels", None)
+    if not isinstance(channels, int):
+        raise TypeError(
+            f"detector backbone {type(backbone).__name__} has no int out_channels (an FPN backbone)"
+        )
+    return channels
 
 
 def level_stride(input_size: int, level_size: int) -> int:

@@ -15,16 +15,31 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from rich.console import Console
 from torch import Tensor, nn
 
 from bcd_lightning.detection.data import Target
-from bcd_lightning.detection.features import FeatureTap, FrozenDetector, by_stride, paired_levels
+from bcd_lightning.detection.features import (
+    FeatureTap,
+    FrozenDetector,
+    backbone_channels,
+    by_stride,
+    paired_levels,
+)
 from bcd_lightning.detection.losses import DetectionLoss
 from bcd_lightning.detection.metrics import DetectionMetrics
 from bcd_lightning.distill.schedules import WeightSchedule, as_schedule, scheduled_weight
 from bcd_lightning.lit.nonfinite import NonFiniteGuard
-from bcd_lightning.lit.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from bcd_lightning.lit.optim import (
+    OptimizerFactory,
+    SchedulerConfig,
+    SchedulerFactory,
+    as_scheduler,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+)
 
 
 @dataclass
@@ -34,10 +49,6 @@ class DetectionTerm:
     loss: DetectionLoss
     weight: float = 1.0
     schedule: WeightSchedule | Mapping[str, Any] | None = None
-
-
-def _as(cls: type, value: Any) -> Any:
-    return cls() if value is None else value if isinstance(value, cls) else cls(**dict(value))
 
 
 def drop_crowd(target: Target) -> Target:
@@ -54,7 +65,10 @@ class DetectionModule(L.LightningModule):
     Each step: the student's own training forward (its loss dict), hooks capture its ``ImageList`` and
     FPN levels, the teacher runs only its backbone on ``image_list.tensors`` (no grad, eval), and every
     loss term reads the paired levels. Logs ``train/loss/<name>`` raw and ``_weighted``, val/test box mAP.
+    ``optimizer`` and ``scheduler`` are those of :class:`~bcd_lightning.lit.SegmentationModule`.
     """
+
+    teacher: FrozenDetector | None  # set with object.__setattr__: not a submodule
 
     def __init__(
         self,
@@ -62,8 +76,8 @@ class DetectionModule(L.LightningModule):
         class_names: Sequence[str],
         teacher: FrozenDetector | None = None,
         losses: Mapping[str, DetectionTerm | Mapping[str, Any]] | None = None,
-        optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
-        scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerConfig | SchedulerFactory | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         nonfinite: str = "stop",
     ) -> None:
@@ -86,7 +100,7 @@ class DetectionModule(L.LightningModule):
                 raise TypeError(f"distill.losses.{name}.loss must be a DetectionLoss, got {type(term.loss)}")
             try:
                 assert teacher is not None
-                term.loss.bind(model.backbone.out_channels, teacher.model.backbone.out_channels, self.strides)
+                term.loss.bind(backbone_channels(model), backbone_channels(teacher.model), self.strides)
                 for s in term.loss.strides or []:
                     if s not in self.strides:
                         raise ValueError(
@@ -98,8 +112,9 @@ class DetectionModule(L.LightningModule):
         self.distill_losses = nn.ModuleDict({n: t.loss for n, t in terms.items()})
         self.loss_weights = {n: float(t.weight) for n, t in terms.items()}
         self.loss_schedules = schedules
-        self.optimizer_cfg = _as(OptimizerConfig, optimizer)
-        self.scheduler_cfg = _as(SchedulerConfig, scheduler)
+        check_optimizer(optimizer)
+        self.optimizer_cfg = optimizer  # a `_partial_` torch optimizer (None: lit.optim.DEFAULT_OPTIMIZER)
+        self.scheduler_cfg = as_scheduler(dict(scheduler) if isinstance(scheduler, Mapping) else scheduler)
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
         self.tap = FeatureTap(model) if terms else None
         self.teacher_val_map: float | None = None
@@ -117,9 +132,9 @@ class DetectionModule(L.LightningModule):
         with torch.no_grad():
             modes = student.training
             student.eval()
-            s = by_stride(student.backbone(x), il)
+            s = by_stride(student.get_submodule("backbone")(x), il)
             student.train(modes)
-            t = by_stride(teacher.backbone(x), il)
+            t = by_stride(teacher.get_submodule("backbone")(x), il)
         return sorted(set(s) & set(t))
 
     # --- the teacher stays outside the module ---------------------------------------------------------
@@ -134,7 +149,12 @@ class DetectionModule(L.LightningModule):
             return
         self.teacher.train(False)
         metric = DetectionMetrics(self.class_names)
-        for images, targets in self.trainer.datamodule.val_dataloader():
+        datamodule = getattr(self.trainer, "datamodule", None)  # attached by fit(), not a declared attribute
+        if datamodule is None:
+            raise RuntimeError(
+                "DetectionModule scores its teacher on the val split: fit it with a datamodule"
+            )
+        for images, targets in datamodule.val_dataloader():
             images = [i.to(self.device) for i in images]
             metric.update([{k: v.cpu() for k, v in p.items()} for p in self.teacher(images)], targets)
         self.teacher_val_map = metric.compute()[0]["map"]
@@ -219,7 +239,7 @@ class DetectionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_guard.load_state_dict(checkpoint.get("nonfinite_guard", {}))
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
         scheduler = build_scheduler(
             optimizer, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches)

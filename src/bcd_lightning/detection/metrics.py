@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -23,8 +24,15 @@ logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
 
-def available_backend() -> str:
-    for module, name in (("faster_coco_eval", "faster_coco_eval"), ("pycocotools", "pycocotools")):
+Backend = Literal["pycocotools", "faster_coco_eval"]
+
+
+def available_backend() -> Backend:
+    candidates: tuple[tuple[str, Backend], ...] = (
+        ("faster_coco_eval", "faster_coco_eval"),
+        ("pycocotools", "pycocotools"),
+    )
+    for module, name in candidates:
         if importlib.util.find_spec(module) is not None:
             return name
     raise ConfigError(
@@ -37,7 +45,7 @@ class DetectionMetrics(nn.Module):
     """``update(preds, targets)`` with torchvision's output/target dicts; ``compute()`` → scalar dict
     (:data:`SUMMARY_KEYS`) plus ``per_class`` (AP per class name)."""
 
-    def __init__(self, class_names: Sequence[str], backend: str | None = None) -> None:
+    def __init__(self, class_names: Sequence[str], backend: Backend | None = None) -> None:
         super().__init__()
         from torchmetrics.detection import MeanAveragePrecision
 

@@ -10,8 +10,9 @@ directly with the sampling sizes and anchors of the config.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,8 +89,9 @@ def _resnet_body(cfg: DetectorConfig, p6p7: bool) -> BackboneWithFPN:
 
 def _out_channels(layer: nn.Sequential) -> int:
     last = layer[-1]
-    bn = getattr(last, "bn3", None) or last.bn2
-    return int(bn.num_features)
+    bn = last.get_submodule("bn3" if hasattr(last, "bn3") else "bn2")  # Bottleneck / BasicBlock
+    assert isinstance(bn, nn.BatchNorm2d)  # the bodies are built with norm_layer=nn.BatchNorm2d
+    return bn.num_features
 
 
 def _mobilenet_body(cfg: DetectorConfig, p6p7: bool) -> BackboneWithFPN:
@@ -128,13 +130,13 @@ def _anchors(cfg: DetectorConfig, levels: int, scales: Sequence[float]) -> Ancho
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * levels)
 
 
-def build_detector(cfg: DetectorConfig | dict) -> nn.Module:
+def build_detector(cfg: DetectorConfig | Mapping[str, Any]) -> nn.Module:
     """A torchvision detector in train mode: ``model(images, targets)`` gives losses, eval gives boxes."""
     if not isinstance(cfg, DetectorConfig):
         cfg = DetectorConfig(**dict(cfg))
     backbone = build_backbone(cfg)
     levels = _num_levels(backbone)
-    common = dict(min_size=cfg.min_size, max_size=cfg.max_size, **dict(cfg.extra))
+    common: dict[str, Any] = dict(min_size=cfg.min_size, max_size=cfg.max_size, **dict(cfg.extra))
     if cfg.arch == "faster_rcnn":
         return FasterRCNN(
             backbone,

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from bcd_lightning.builders import plain
 from bcd_lightning.detection.metrics import DetectionMetrics
 from bcd_lightning.detection.models import build_detector, count_parameters
 from bcd_lightning.detection.train import build_datamodule, train
@@ -50,7 +51,7 @@ def score_checkpoint(cfg: DictConfig, ckpt: Path, model_cfg: DictConfig, label: 
     """Test-split box mAP, parameter count and CPU latency of the detector stored in ``ckpt``."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    model = build_detector(OmegaConf.to_container(model_cfg, resolve=True))
+    model = build_detector(plain(model_cfg))
     state = load_checkpoint_file(ckpt)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     model.eval()

@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_lightning import builders
@@ -32,20 +33,18 @@ def build_datamodule(cfg: DictConfig) -> DetectionDataModule:
 
 def build_module(cfg: DictConfig, datamodule: DetectionDataModule) -> DetectionModule:
     det = cfg.detection
-    student = build_detector(OmegaConf.to_container(det.student.model, resolve=True))
+    student = build_detector(builders.plain(det.student.model))
     losses = {
         name: DetectionTerm(
             loss=instantiate(node.loss),
             weight=float(node.get("weight", 1.0)),
-            schedule=OmegaConf.to_container(node.schedule) if node.get("schedule") else None,
+            schedule=builders.plain(node.schedule) if node.get("schedule") else None,
         )
         for name, node in (det.distill.get("losses") or {}).items()
     }
     teacher = None
     if losses:
-        teacher = FrozenDetector(
-            build_detector(OmegaConf.to_container(det.teacher.model, resolve=True)), det.teacher.ckpt
-        )
+        teacher = FrozenDetector(build_detector(builders.plain(det.teacher.model)), det.teacher.ckpt)
     return DetectionModule(
         model=student,
         class_names=datamodule.class_names,
@@ -53,7 +52,7 @@ def build_module(cfg: DictConfig, datamodule: DetectionDataModule) -> DetectionM
         losses=losses,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=builders.plain(cfg),
         nonfinite=str(cfg.get("nonfinite", "stop")),
     )
 
@@ -71,8 +70,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = builders.build_trainer(cfg, builders.build_callbacks(cfg), builders.build_loggers(cfg))
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback  # the first Checkpoint callback (ours are ModelCheckpoints)
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", True):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

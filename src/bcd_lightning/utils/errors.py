@@ -252,7 +252,7 @@ def _sweeper_needs_exception() -> bool:
     if not HydraConfig.initialized():
         return False
     hydra = HydraConfig.get()
-    target = str((hydra.get("sweeper") or {}).get("_target_", ""))
+    target = str((hydra.sweeper or {}).get("_target_", ""))
     return hydra.mode == RunMode.MULTIRUN and not target.endswith("BasicSweeper")
 
 
