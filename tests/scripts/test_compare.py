@@ -188,3 +188,12 @@ def test_quick_mode_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     doc = (out / "results.md").read_text()
     assert "| kd | none | 2 |" in doc
     assert len(list((tmp_path / "runs").rglob("metrics.json"))) == 4
+
+
+def test_own_data_is_one_benchmark_whose_page_names_the_split(tmp_path: Path) -> None:
+    assert compare._custom_data(["data=folder", "data.root=x"]) and not compare._custom_data(["seed=1"])
+    root = tmp_path / "my_data"
+    (root / "images" / "val").mkdir(parents=True)
+    assert compare.test_split(["data=folder", f"data.root={root}"]).startswith("val")
+    (root / "test.txt").write_text("a\n")
+    assert compare.test_split(["data=folder", f"data.root={root}"]) == "test"

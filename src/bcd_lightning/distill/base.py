@@ -28,10 +28,9 @@ class DistillLoss(nn.Module):
     uses: ClassVar[frozenset[str]] = frozenset({"logits"})
     #: Fields read from the *teacher* output; ``None``: the same as ``uses``.
     teacher_uses: ClassVar[frozenset[str] | None] = None
-    #: Optional magnitude calibration against the CE (:mod:`bcd_lightning.distill.calibration`), applied
-    #: to what ``forward`` returns; a loss that accepts a ``calibrate`` option sets it with
-    #: :meth:`set_calibration`.
-    calibration: nn.Module | None = None
+    # Optional magnitude calibration against the CE (:mod:`bcd_lightning.distill.calibration`), applied to
+    # what ``forward`` returns: the submodule ``calibration``, set by :meth:`set_calibration` (no class
+    # attribute of that name: it would shadow the registered submodule).
 
     def set_calibration(self, calibrate: Mapping[str, Any] | None) -> None:
         """``calibrate: {steps, ratio}`` or None (see :mod:`bcd_lightning.distill.calibration`)."""
@@ -45,9 +44,10 @@ class DistillLoss(nn.Module):
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
     ) -> Tensor:
         raw = super().__call__(student, teacher, target, ignore_index)
-        if self.calibration is None:
+        calibration = self._modules.get("calibration")
+        if calibration is None:
             return raw
-        return self.calibration(raw, student.logits, target, ignore_index)
+        return calibration(raw, student.logits, target, ignore_index)
 
     def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor] | None:
         """What this loss needs from the teacher, as ``name -> [B, ...]`` tensors, or ``None``.
