@@ -535,7 +535,12 @@ TUNING_NOTE = (
 
 
 def results_document(
-    reports: Sequence[BenchmarkReport], command: str, date: str, wall_s: float | None, title: str
+    reports: Sequence[BenchmarkReport],
+    command: str,
+    date: str,
+    wall_s: float | None,
+    title: str,
+    note: str | None = None,
 ) -> str:
     lines = [
         f"# {title}",
@@ -556,6 +561,7 @@ def results_document(
         "",
         TUNING_NOTE,
         "",
+        *([f"**Note on this run:** {note}", ""] if note else []),
         "![paired differences](results.png)",
         "",
     ]
@@ -693,9 +699,10 @@ def write_outputs(
     date: str,
     wall_s: float | None = None,
     title: str = "Method comparison (embedded benchmarks)",
+    note: str | None = None,
 ) -> None:
     """``results.md``, ``results.csv`` and ``results.png`` in ``out_dir``."""
-    atomic_write_text(out_dir / "results.md", results_document(reports, command, date, wall_s, title))
+    atomic_write_text(out_dir / "results.md", results_document(reports, command, date, wall_s, title, note))
     atomic_write_text(out_dir / "results.csv", results_csv(reports))
     plot(reports, out_dir / "results.png")
 
@@ -738,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--aggregate-only", type=Path, default=None, metavar="ROOT", help="only tabulate")
     parser.add_argument("--teachers-only", action="store_true", help="only train the missing teachers")
+    parser.add_argument("--note", default=None, help="a note about this run, printed on the page")
     args = parser.parse_args(argv)
 
     log_root = Path(os.environ.get("BCD_ROOT", ".")) / "logs"
@@ -843,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif wall_s is not None:
         atomic_write_text(root / "wall_s.txt", f"{wall_s:.1f}\n")
     date = datetime.now().strftime("%Y-%m-%d %H:%M")
-    write_outputs(reports, out_dir, command, date, wall_s, title)
+    write_outputs(reports, out_dir, command, date, wall_s, title, args.note)
     print(f"Wrote {out_dir / 'results.md'}, results.csv, results.png (runs in {root})")
     return 0
 
