@@ -795,7 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.quick and not args.methods:
             names = ["none", "kd"]
-        if args.ablations is not None:
+        if bench.methods is not None:  # a benchmark with its own method list runs no ablations
+            ablate = []
+        elif args.ablations is not None:
             ablate = [t for t in args.ablations.split(",") if t]
         elif FOCUS in names and not args.quick and bench.methods is None:
             ablate = focus_terms(common)
