@@ -33,8 +33,8 @@ train-detection: ## Detection: teacher -> baseline -> FitNet/CWD/PKD -> BCD -> o
 results: ## Regenerate docs/results.{md,csv,png}: the method comparison (same as make compare)
 	$(MAKE) compare ARGS="$(ARGS)"
 
-compare: ## Every method x seeds 0,1,2 (one teacher, one schedule) -> docs/results.{md,csv,png} (~45 min, 2 cores)
-	$(BIN)/python scripts/compare.py $(ARGS)
+compare: ## Every method x 5 seeds, paired, on the embedded benchmark and its variant -> docs/results.{md,csv,png} (< 90 min, 2 cores)
+	$(BIN)/python scripts/compare.py --n-jobs 2 threads=1 $(ARGS)
 
 tune: ## Optuna search of BCD's loss weights and taus on the val split (ARGS="hydra.sweeper.n_trials=40")
 	$(BIN)/bcd-train -m experiment=embedded/bcd hparams_search=bcd_optuna $(ARGS)

@@ -36,16 +36,17 @@ def cirkd_reference(s: np.ndarray, t: np.ndarray, tau: float) -> float:
 
 def test_cirkd_matches_hand_computation() -> None:
     s, t = rand(3, 4, 2, 3, seed=1), rand(3, 6, 2, 3, seed=2)
-    loss = CrossImageRelationDistillation(0, tau=0.5, pool=None)
+    loss = CrossImageRelationDistillation(0, tau=0.5)
     loss.bind_widths(widths(4), widths(6))
     value = loss(out(s), out(t), torch.zeros(3, 2, 3, dtype=torch.long))
     assert value.item() == pytest.approx(cirkd_reference(s.numpy(), t.numpy(), 0.5), rel=1e-10)
 
 
-def test_cirkd_pools_nodes_with_max_pooling() -> None:
+def test_cirkd_average_pools_nodes_never_max_pools() -> None:
+    # The CIRKD reference only ever average-pools; `avg_pool: 2` is a mean over 2x2 blocks.
     s, t = rand(2, 3, 4, 4, seed=3), rand(2, 3, 4, 4, seed=4)
-    pooled = [x.numpy().reshape(2, 3, 2, 2, 2, 2).max(axis=(3, 5)) for x in (s, t)]
-    value = CrossImageRelationDistillation(0, tau=0.1, pool=2)(out(s), out(t), torch.zeros(2, 4, 4))
+    pooled = [x.numpy().reshape(2, 3, 2, 2, 2, 2).mean(axis=(3, 5)) for x in (s, t)]
+    value = CrossImageRelationDistillation(0, tau=0.1, avg_pool=2)(out(s), out(t), torch.zeros(2, 4, 4))
     assert value.item() == pytest.approx(cirkd_reference(*pooled, 0.1), rel=1e-9)
 
 
@@ -82,7 +83,9 @@ def _setup(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def _loss_and_grads(student: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
     student.zero_grad()
-    loss = CrossImageRelationDistillation(0, tau=0.2, pool=2)(out(student(x)), out(t), torch.zeros(len(x)))
+    loss = CrossImageRelationDistillation(0, tau=0.2, avg_pool=2)(
+        out(student(x)), out(t), torch.zeros(len(x))
+    )
     loss.backward()
     return loss.item(), [p.grad.clone() for p in student.parameters()]
 
@@ -127,7 +130,7 @@ def test_cirkd_under_ddp_equals_one_process_on_the_global_batch(tmp_path: Path) 
 def test_cirkd_local_batch_only_when_global_batch_is_off() -> None:
     assert not dist.is_initialized()  # identity on one process: the value is the local-batch loss
     s, t = rand(2, 3, 2, 2, seed=30), rand(2, 3, 2, 2, seed=31)
-    value = CrossImageRelationDistillation(0, tau=0.5, pool=None, global_batch=False)(
+    value = CrossImageRelationDistillation(0, tau=0.5, global_batch=False)(
         out(s), out(t), torch.zeros(2, 2, 2)
     )
     assert value.item() == pytest.approx(cirkd_reference(s.numpy(), t.numpy(), 0.5), rel=1e-10)

@@ -12,14 +12,15 @@ from bcd_lightning.distill import ChannelWiseDistillation
 from bcd_lightning.models.outputs import SegOutput
 
 
-def cwd_reference(s: np.ndarray, t: np.ndarray, tau: float) -> float:
-    """Loops: per (b, c) KL between softmaxes over the H*W positions, times tau^2, / (B*C)."""
+def cwd_reference(s: np.ndarray, t: np.ndarray, tau: float, divisor: int | None = None) -> float:
+    """Loops: per (b, c) KL between softmaxes over the H*W positions, times tau^2, / (B*divisor);
+    divisor = C unless given (the reference divides by the student's own width)."""
     b, c = s.shape[:2]
     total = 0.0
     for i in range(b):
         for k in range(c):
             total += np_kl(np_softmax(t[i, k].ravel() / tau), np_softmax(s[i, k].ravel() / tau))
-    return tau**2 * total / (b * c)
+    return tau**2 * total / (b * (divisor or c))
 
 
 @pytest.mark.parametrize("tau", [1.0, 4.0])
@@ -43,6 +44,7 @@ def test_cwd_is_zero_when_student_equals_teacher() -> None:
 def test_cwd_adapter_and_resize_follow_the_stated_order() -> None:
     # Student 2 channels at 4x4, teacher 3 channels at 2x2: 1x1 conv (2 -> 3) on the student, then a
     # bilinear half-size resize, which for an exact factor 2 (align_corners=False) is the 2x2 block mean.
+    # The sum over the 3 adapted channels is divided by the student's own 2 channels (the reference).
     s, t = rand(1, 2, 4, 4, seed=4), rand(1, 3, 2, 2, seed=5)
     loss = ChannelWiseDistillation(0, tau=2.0).double()
     loss.bind_widths(widths(2), widths(3))
@@ -56,7 +58,7 @@ def test_cwd_adapter_and_resize_follow_the_stated_order() -> None:
     sn = s.numpy()[0]
     mapped = np.einsum("oc,chw->ohw", w, sn) + bias[:, None, None]
     pooled = mapped.reshape(3, 2, 2, 2, 2).mean(axis=(2, 4))
-    expected = cwd_reference(pooled[None], t.numpy(), 2.0)
+    expected = cwd_reference(pooled[None], t.numpy(), 2.0, divisor=2)
     value = loss(out(s), out(t), torch.zeros(1, 4, 4, dtype=torch.long))
     assert value.item() == pytest.approx(expected, rel=1e-10)
 

@@ -71,3 +71,15 @@ def test_all_ignored_is_zero_not_nan() -> None:
 def test_bad_tau() -> None:
     with pytest.raises(ValueError, match="tau"):
         LogitKD(tau=0)
+
+
+def test_logit_kd_detaches_a_teacher_that_requires_grad() -> None:
+    # Every loss treats the teacher as a constant, even when the caller hands over a tensor with a graph.
+    s = torch.randn(2, 4, 3, 3, requires_grad=True)
+    t = torch.randn(2, 4, 3, 3, requires_grad=True)
+    target = torch.zeros(2, 3, 3, dtype=torch.long)
+    LogitKD(tau=2.0)(SegOutput(logits=s), SegOutput(logits=t), target).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+    pixel_kd(s, t[:, :, :2, :2], 1.0).backward()  # resized teacher: still detached
+    assert t.grad is None

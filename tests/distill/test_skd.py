@@ -110,3 +110,20 @@ def test_skd_gradients_reach_student_and_adapter_not_teacher() -> None:
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert loss.adapter.weight.grad is not None and loss.adapter.weight.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_preset_path_decoder_average_pooled_then_2x2_max_grid() -> None:
+    """The skd preset: decoder feature average-pooled 8x8 (stride 8), then adaptive max to 2x2 nodes."""
+    from bcd_lightning.models.outputs import SegOutput
+
+    s, t = rand(1, 3, 16, 16, seed=30), rand(1, 5, 16, 16, seed=31)
+    loss = PairwiseSimilarityDistillation("decoder", pool=None, grid=[2, 2], avg_pool=8)
+    value = loss(SegOutput(logits=s[:, :1], decoder=s), SegOutput(logits=t[:, :1], decoder=t), s[:, 0])
+    # numpy: 8x8 block means give a 2x2 map; the 2x2 max grid over a 2x2 map is the identity.
+    nodes = [
+        x.numpy()[0].reshape(x.shape[1], 2, 8, 2, 8).mean(axis=(2, 4)).reshape(x.shape[1], -1).T
+        for x in (s, t)
+    ]
+    unit = [n / np.linalg.norm(n, axis=1, keepdims=True) for n in nodes]
+    a_s, a_t = unit[0] @ unit[0].T, unit[1] @ unit[1].T
+    assert value.item() == pytest.approx(((a_s - a_t) ** 2).mean(), rel=1e-10)

@@ -103,6 +103,8 @@ class SegDataModule(L.LightningDataModule):
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.train_set, self.val_set = train_set, val_set
         self.test_set = test_set if test_set is not None else val_set
+        #: Which split ``test`` scores: ``test``, or ``val`` when there is no test split.
+        self.test_split = "test" if test_set is not None else "val"
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:

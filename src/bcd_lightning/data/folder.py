@@ -6,6 +6,8 @@ Layout (``root``)::
     images/train/a.jpg   masks/train/a.png     # split by sub-folders ...
     images/val/b.jpg     masks/val/b.png
     # ... or flat images/ + masks/ with list files root/train.txt, root/val.txt (one name per line)
+    images/test/c.jpg    masks/test/c.png      # optional test split (or root/test.txt): what training's
+                                               # test-after-fit and bcd-eval score; without it, val
 
 ``classes.yaml``::
 
@@ -282,3 +284,19 @@ def _num_classes_of(root: str, classes_file: str = "classes.yaml") -> int:
 
 
 OmegaConf.register_new_resolver("folder_num_classes", _num_classes_of, replace=True)
+
+
+def has_split(root: str, split: str, list_file: str | None = None) -> bool:
+    """Whether ``root`` holds ``split``: ``images/<split>/`` or the list file (``<split>.txt`` by default)."""
+    base = Path(root).expanduser()
+    if list_file is None and (base / "images" / split).is_dir():
+        return True
+    return (base / (list_file or f"{split}.txt")).is_file()
+
+
+def optional_split(root: str, split: str = "test", list_file: str | None = None, **kwargs: Any) -> Any:
+    """The folder's ``split`` as a :class:`FolderSegmentation`, or ``None`` when the folder has no such
+    split (then the datamodule tests on the validation split). For ``data.test_set`` of ``data=folder``."""
+    if not has_split(root, split, list_file):
+        return None
+    return FolderSegmentation(root, split=split, list_file=list_file, **kwargs)

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -226,7 +226,9 @@ def _to_uint8(img: Tensor) -> Tensor:
     return (img.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
-def _render_once(g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool) -> _Rendered:
+def _render_once(
+    g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool, texture: float = 1.0, noise: float = 1.0
+) -> _Rendered:
     h, w = yy.shape
     # Background: base colour + low-frequency colour field + a fainter mid-frequency one.
     base = _uniform(g, 0.35, 0.7, 3, 1, 1)
@@ -245,12 +247,12 @@ def _render_once(g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool) -> _Re
         # Colour offset from one distribution for both classes: it shows the outline, not the class.
         tint = torch.randn(3, 1, 1, generator=g) * 0.07
         amp = float(_uniform(g, 0.10, 0.16, 1))
-        layer = torch.where(top == b + 1, tint + amp * _texture(g, cls, yy, xx), layer)
+        layer = torch.where(top == b + 1, tint + texture * amp * _texture(g, cls, yy, xx), layer)
     img = torch.where(top > 0, base + shade + layer, img)
     mask = torch.cat([torch.tensor([BACKGROUND]), classes]).to(torch.uint8)[top]
 
     # Fine per-pixel noise before the blur (image grain), additive sensor noise after it.
-    img = img + torch.randn(3, h, w, generator=g) * 0.03
+    img = img + torch.randn(3, h, w, generator=g) * (0.03 * noise)
     # Debug needs the image field exact out to the occlusion margin; the drawn image is the same either way.
     label_field, image_field = _vessels(g, h, w, image_window=6 if debug else 3)
     coverage = (image_field + 0.5).clamp(0.0, 1.0)  # anti-aliased: ~fraction of the pixel covered
@@ -262,11 +264,11 @@ def _render_once(g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool) -> _Re
     mask = torch.where(label_field > 0, VESSEL, mask).to(torch.uint8)
 
     sigma = float(_uniform(g, 0.5, 0.8, 1))
-    noise = torch.randn(3, h, w, generator=g) * float(_uniform(g, 0.015, 0.035, 1))
-    out = _Rendered(_to_uint8(_gaussian_blur(img, sigma) + noise), mask)
+    sensor = torch.randn(3, h, w, generator=g) * (noise * float(_uniform(g, 0.015, 0.035, 1)))
+    out = _Rendered(_to_uint8(_gaussian_blur(img, sigma) + sensor), mask)
     if debug:
         out.occlusion = (label_field > 0) & (image_field < -_OCCLUSION_MARGIN)
-        out.without_vessels = _to_uint8(_gaussian_blur(under, sigma) + noise)
+        out.without_vessels = _to_uint8(_gaussian_blur(under, sigma) + sensor)
     return out
 
 
@@ -286,12 +288,14 @@ def _single_threaded() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _render(g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool = False) -> _Rendered:
+def _render(
+    g: torch.Generator, yy: Tensor, xx: Tensor, debug: bool = False, texture: float = 1.0, noise: float = 1.0
+) -> _Rendered:
     h, w = yy.shape
     need = min_class_pixels(h, w)
     with _single_threaded():
         for _ in range(_MAX_ATTEMPTS):
-            out = _render_once(g, yy, xx, debug)
+            out = _render_once(g, yy, xx, debug, texture, noise)
             if int(torch.bincount(out.mask.flatten().long(), minlength=4).min()) >= need:
                 return out
     raise RuntimeError(f"could not draw a {h}x{w} sample containing every class in {_MAX_ATTEMPTS} attempts")
@@ -305,6 +309,9 @@ class SyntheticSegmentation(Dataset):
         image_size: ``size`` or ``(height, width)``, each >= 32.
         seed: sample ``i`` depends only on ``(seed, i)``.
         normalize: ImageNet-normalise the image (as pretrained encoders expect); otherwise it is in [0, 1].
+        texture: contrast of the blob textures (1: the embedded data; lower: the two blob classes are
+            harder to tell apart). A difficulty knob for variant benchmarks.
+        noise: scale of the image grain and sensor noise (1: the embedded data).
         cache: keep rendered samples (8-bit image and mask, 64 KB at 128x128) in memory, filled lazily, so
             epochs after the first cost nothing. With worker processes each worker fills its own copy; call
             :meth:`fill_cache` before creating the loader to render once and share the cache copy-on-write.
@@ -326,13 +333,16 @@ class SyntheticSegmentation(Dataset):
         seed: int = 0,
         normalize: bool = True,
         cache: bool = True,
+        texture: float = 1.0,
+        noise: float = 1.0,
     ) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         if isinstance(image_size, int) and not isinstance(image_size, bool):
             size = (image_size, image_size)
         elif (
-            isinstance(image_size, tuple | list)
+            isinstance(image_size, Sequence)
+            and not isinstance(image_size, str)
             and len(image_size) == 2
             and all(isinstance(s, int) and not isinstance(s, bool) for s in image_size)
         ):
@@ -343,6 +353,10 @@ class SyntheticSegmentation(Dataset):
             )
         if min(size) < MIN_IMAGE_SIZE:
             raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE} in each dimension, got {image_size!r}")
+        for name, value in (("texture", texture), ("noise", noise)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        self.texture, self.noise = float(texture), float(noise)
         self.num_samples = num_samples
         self.image_size: tuple[int, int] = size
         self.seed = int(seed)
@@ -380,7 +394,7 @@ class SyntheticSegmentation(Dataset):
         hit = self._cache.get(i)
         if hit is not None:
             return hit
-        out = _render(self._generator(i), self._yy, self._xx)
+        out = _render(self._generator(i), self._yy, self._xx, texture=self.texture, noise=self.noise)
         if self.cache:
             self._cache[i] = (out.image, out.mask)
         return out.image, out.mask
@@ -400,7 +414,8 @@ class SyntheticSegmentation(Dataset):
         under it.
         """
         with _single_threaded():
-            out = _render(self._generator(self._check_index(index)), self._yy, self._xx, debug=True)
+            g = self._generator(self._check_index(index))
+            out = _render(g, self._yy, self._xx, debug=True, texture=self.texture, noise=self.noise)
             assert out.occlusion is not None and out.without_vessels is not None
             return {
                 "image": out.image.float() / 255.0,
@@ -430,6 +445,11 @@ class SyntheticSegmentation(Dataset):
             "image_size": list(self.image_size),
             "seed": self.seed,
             "normalize": self.normalize,
+            **(
+                {"texture": self.texture, "noise": self.noise}
+                if (self.texture, self.noise) != (1.0, 1.0)
+                else {}
+            ),
         }
 
     def __repr__(self) -> str:

@@ -111,16 +111,31 @@ def resize_to(x: Tensor, size: Iterable[int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def check_avg_pool(owner: str, avg_pool: Any) -> int | None:
+    """``avg_pool`` as None or an int >= 1, else a ValueError naming the option."""
+    if avg_pool is None:
+        return None
+    if isinstance(avg_pool, bool) or not isinstance(avg_pool, int) or avg_pool < 1:
+        raise ValueError(f"{owner}: option `avg_pool` must be null or an integer >= 1, got {avg_pool!r}")
+    return int(avg_pool)
+
+
 class FeaturePairLoss(DistillLoss):
     """A loss on one (student, teacher) feature pair with an optional student-side adapter.
 
     ``forward`` selects ``feature`` from both outputs, applies the adapter to the student feature (at the
     student's resolution), resizes the result bilinearly to the *teacher's* spatial size when they differ,
-    and hands both to :meth:`compute`. The teacher feature is detached.
+    average-pools both by ``avg_pool`` (kernel = stride, ceil mode) when set, and hands both to
+    :meth:`compute`. The teacher feature is detached.
+
+    ``avg_pool`` exists for decoders that end at a finer stride than the models a method was written for:
+    the originals distil the head's feature before the classifier at stride 8 (DeepLabV3 / PSPNet), a
+    U-Net's decoder feature is at stride 1, so ``feature: decoder, avg_pool: 8`` gives the same stride.
 
     Args:
         feature: ``"logits"``, ``"decoder"`` or a 0-based index into ``SegOutput.stages``.
         student_adapter: ``auto`` (1×1 conv iff widths differ), ``none``, ``conv1x1`` or ``conv1x1_bn``.
+        avg_pool: average-pooling kernel = stride applied to both features (null: none).
     """
 
     uses: ClassVar[frozenset[str]] = frozenset({"logits", "stages", "decoder"})
@@ -128,10 +143,13 @@ class FeaturePairLoss(DistillLoss):
     #: Whether :meth:`compute` needs equal student/teacher channel counts (``none`` is then an error).
     needs_equal_widths: ClassVar[bool] = False
 
-    def __init__(self, feature: Feature = "logits", student_adapter: str = "auto") -> None:
+    def __init__(
+        self, feature: Feature = "logits", student_adapter: str = "auto", avg_pool: int | None = None
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
         self.feature = check_feature(owner, feature)
+        self.avg_pool = check_avg_pool(owner, avg_pool)
         if student_adapter not in ADAPTER_KINDS:
             raise ValueError(
                 f"{owner}: option `student_adapter` must be one of {list(ADAPTER_KINDS)}, "
@@ -145,11 +163,14 @@ class FeaturePairLoss(DistillLoss):
         # Identity until bind_widths() knows the widths; an explicit conv adapter must be bound first.
         self.adapter: nn.Module = nn.Identity()
         self._bound = False
+        #: The student's own width of ``feature`` (before the adapter), once bound; None if unknown.
+        self.student_width: int | None = None
 
     def bind_widths(self, student: ModelWidths, teacher: ModelWidths) -> None:
         """Build the adapter from the models' widths (called once, before the optimizer is made)."""
         owner = type(self).__name__
         c_s, c_t = width_of(student, self.feature), width_of(teacher, self.feature)
+        self.student_width = c_s
         if c_s is None or c_t is None:
             if self.student_adapter in ("none", "auto") and not self.needs_equal_widths:
                 self._bound = True  # no adapter needed, widths are checked at forward time if at all
@@ -178,7 +199,8 @@ class FeaturePairLoss(DistillLoss):
             )
 
     def pair(self, student: SegOutput, teacher: SegOutput) -> tuple[Tensor, Tensor]:
-        """Student feature (adapted, resized to the teacher's size) and the detached teacher feature."""
+        """Student feature (adapted, resized to the teacher's size) and the detached teacher feature, both
+        average-pooled by ``avg_pool`` when set."""
         owner = type(self).__name__
         s = select_feature(student, self.feature, owner, "student")
         t = select_feature(teacher, self.feature, owner, "teacher").detach()
@@ -194,7 +216,12 @@ class FeaturePairLoss(DistillLoss):
                 "channels after the adapter; use `student_adapter: auto` or `conv1x1` (the adapter is built "
                 "by bind_widths(), which DistillationModule calls)."
             )
-        return resize_to(s, t.shape[-2:]), t
+        s = resize_to(s, t.shape[-2:])
+        if self.avg_pool is not None and self.avg_pool > 1:
+            k = self.avg_pool
+            s = F.avg_pool2d(s, k, k, ceil_mode=True)
+            t = F.avg_pool2d(t, k, k, ceil_mode=True)
+        return s, t
 
     def compute(self, student: Tensor, teacher: Tensor, target: Tensor, ignore_index: int) -> Tensor:
         raise NotImplementedError

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -27,6 +28,26 @@ class DistillLoss(nn.Module):
     uses: ClassVar[frozenset[str]] = frozenset({"logits"})
     #: Fields read from the *teacher* output; ``None``: the same as ``uses``.
     teacher_uses: ClassVar[frozenset[str] | None] = None
+    # Optional magnitude calibration against the CE (:mod:`bcd_lightning.distill.calibration`), applied to
+    # what ``forward`` returns: the submodule ``calibration``, set by :meth:`set_calibration` (no class
+    # attribute of that name: it would shadow the registered submodule).
+
+    def set_calibration(self, calibrate: Mapping[str, Any] | None) -> None:
+        """``calibrate: {steps, ratio}`` or None (see :mod:`bcd_lightning.distill.calibration`)."""
+        from bcd_lightning.distill.calibration import make_calibration
+
+        module = make_calibration(type(self).__name__, calibrate)
+        if module is not None:
+            self.calibration = module
+
+    def __call__(
+        self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
+    ) -> Tensor:
+        raw = super().__call__(student, teacher, target, ignore_index)
+        calibration = self._modules.get("calibration")
+        if calibration is None:
+            return raw
+        return calibration(raw, student.logits, target, ignore_index)
 
     def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor] | None:
         """What this loss needs from the teacher, as ``name -> [B, ...]`` tensors, or ``None``.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd_lightning.distill.functional import _no_autocast, _normalize_channels, _upcast
+from bcd_lightning.distill._tensor import no_autocast, normalize_channels, upcast
 
 SIMILARITY_METHODS = ("auto", "gram", "naive")
 
@@ -33,34 +33,39 @@ def _check_pair(where: str, student: Tensor, teacher: Tensor, same_channels: boo
 # --- CWD ---------------------------------------------------------------------------------------------------
 
 
-def channel_wise_divergence(student: Tensor, teacher: Tensor, tau: float = 4.0) -> Tensor:
-    """Channel-wise distillation ``τ²/(B·C) · Σ_{b,c} KL(softmax(t_bc/τ) ‖ softmax(s_bc/τ))``.
+def channel_wise_divergence(
+    student: Tensor, teacher: Tensor, tau: float = 4.0, channels: int | None = None
+) -> Tensor:
+    """Channel-wise distillation ``τ²/(B·C') · Σ_{b,c} KL(softmax(t_bc/τ) ‖ softmax(s_bc/τ))``.
 
     Each channel map ``[H, W]`` is turned into a distribution over its H·W positions by a softmax at
-    temperature τ; KL is summed over positions, summed over batch and channels, divided by ``B·C``
-    (Shu et al. / CIRKD's reduction). No pixel is ignored: CWD reads no labels.
+    temperature τ; KL is summed over positions, summed over batch and channels, divided by ``B·C'``
+    (Shu et al. / CIRKD's reduction). ``C'`` is ``channels`` when given — the reference divides by the
+    *student's* width read before its 1×1 adapter — else the width C of the inputs. No pixel is ignored:
+    CWD reads no labels.
 
     Args:
         student, teacher: ``[B, C, H, W]`` of identical shape.
         tau: temperature τ > 0.
+        channels: the divisor C' (the student's own width when an adapter widened it), default C.
     """
     if tau <= 0:
         raise ValueError(f"channel_wise_divergence: tau must be > 0, got {tau}")
     _check_pair("channel_wise_divergence", student, teacher, same_channels=True)
-    with _no_autocast(student):
-        log_q = F.log_softmax(_upcast(student).flatten(2) / tau, dim=-1)
-        log_p = F.log_softmax(_upcast(teacher.detach()).flatten(2) / tau, dim=-1)
+    with no_autocast(student):
+        log_q = F.log_softmax(upcast(student).flatten(2) / tau, dim=-1)
+        log_p = F.log_softmax(upcast(teacher.detach()).flatten(2) / tau, dim=-1)
         b, c = student.shape[:2]
-        return tau**2 * (log_p.exp() * (log_p - log_q)).sum() / (b * c)
+        return tau**2 * (log_p.exp() * (log_p - log_q)).sum() / (b * (channels or c))
 
 
-# --- nodes: max pooling (SKD, CIRKD) -----------------------------------------------------------------------
+# --- nodes: max pooling (SKD) -----------------------------------------------------------------------
 
 
 def max_pool_nodes(x: Tensor, pool: int | None = None, grid: Sequence[int] | None = None) -> Tensor:
     """Nodes of a relation loss: ``x`` max-pooled, ``[B, C, h, w]``.
 
-    ``pool``: kernel = stride = ``pool`` (partial windows at the border kept, ``ceil_mode``, as CIRKD);
+    ``pool``: kernel = stride = ``pool`` (partial windows at the border kept, ``ceil_mode``);
     ``grid``: adaptive max pooling to exactly ``grid = (h, w)`` nodes; neither: every pixel is a node.
     """
     if pool is not None and grid is not None:
@@ -104,21 +109,19 @@ def pairwise_similarity_mse(student: Tensor, teacher: Tensor, method: str = "aut
     """SKD pairwise distillation ``(1/B) Σ_b (1/N²) Σ_ij (A^S_ij - A^T_ij)²``, ``A = F̂ᵀF̂``.
 
     ``F̂`` is the ``[C, N]`` node matrix of one image with each node (column) L2-normalised over channels
-    (a zero node stays zero), so ``A_ij`` is the cosine of nodes i and j. Student and teacher may have
+    (a zero node stays zero; the norm is not detached, as SKD's ``F.normalize``), so ``A_ij`` is the cosine of nodes i and j. Student and teacher may have
     different widths. ``method``: ``"naive"`` builds the ``[B, N, N]`` matrices; ``"gram"`` uses
     ``||A_S - A_T||_F² = ||F̂_S F̂_Sᵀ||² - 2||F̂_S F̂_Tᵀ||² + ||F̂_T F̂_Tᵀ||²`` with C×C Gram matrices
     (O(N·C²), no N×N); ``"auto"`` picks the cheaper. Same value and gradient either way.
-
-    Unlike CIRKD's code, the node norm is not detached: the gradient is that of the stated formula.
     """
     if method not in SIMILARITY_METHODS:
         raise ValueError(
             f"pairwise_similarity_mse: method must be one of {SIMILARITY_METHODS}, got {method!r}"
         )
     _check_pair("pairwise_similarity_mse", student, teacher, same_channels=False)
-    with _no_autocast(student):
-        s = _normalize_channels(_upcast(student), dim=1).flatten(2)
-        t = _normalize_channels(_upcast(teacher.detach()), dim=1).flatten(2)
+    with no_autocast(student):
+        s = normalize_channels(upcast(student), dim=1).flatten(2)
+        t = normalize_channels(upcast(teacher.detach()), dim=1).flatten(2)
         if method == "auto":
             n, c_s, c_t = s.shape[-1], s.shape[1], t.shape[1]
             # FLOPs: naive N²·(C_S + C_T) vs Gram N·(C_S² + C_S·C_T + C_T²).
@@ -157,8 +160,8 @@ def prototype_similarity(
         raise ValueError(
             f"prototype_similarity: labels {tuple(labels.shape)} do not match feature {tuple(feature.shape)}"
         )
-    with _no_autocast(feature):
-        f = _upcast(feature).flatten(2)  # [B, C, N]
+    with no_autocast(feature):
+        f = upcast(feature).flatten(2)  # [B, C, N]
         y = labels.flatten(1)
         valid = (y != ignore_index) & (y >= 0) & (y < num_classes)
         bins = torch.where(valid, y, torch.full_like(y, num_classes))  # one spare bin collects ignored pixels
@@ -177,7 +180,8 @@ def prototype_similarity(
 def intra_class_variation_mse(
     student: Tensor, teacher: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255
 ) -> Tensor:
-    """IFVD: ``Σ_{valid p} (sim^S_p - sim^T_p)² / max(#valid, 1)`` over the batch.
+    """IFVD: ``Σ_{valid p} (sim^S_p - sim^T_p)² / max(#valid, 1)`` over the batch (the reference divides by
+    every pixel, ignored ones included with a 0 difference; docs/method.md).
 
     ``sim`` is :func:`prototype_similarity` of each model's feature (prototypes from its own feature),
     ``labels`` are resized by nearest neighbour to the feature size (:func:`downsample_labels`). Student and
@@ -187,7 +191,7 @@ def intra_class_variation_mse(
     labels = downsample_labels(labels, teacher.shape[-2:])
     sim_s, valid = prototype_similarity(student, labels, num_classes, ignore_index)
     sim_t, _ = prototype_similarity(teacher.detach(), labels, num_classes, ignore_index)
-    with _no_autocast(sim_s):
+    with no_autocast(sim_s):
         sq = torch.where(valid, (sim_s - sim_t).square(), torch.zeros_like(sim_s))
         return sq.sum() / valid.sum().clamp_min(1).to(sq.dtype)
 
@@ -195,10 +199,11 @@ def intra_class_variation_mse(
 # --- CIRKD -----------------------------------------------------------------------------------------------------
 
 
-def relation_nodes(feature: Tensor, pool: int | None = None, grid: Sequence[int] | None = None) -> Tensor:
-    """``[B, N, C]`` nodes of a relation loss: :func:`max_pool_nodes`, then each node L2-normalised."""
-    with _no_autocast(feature):
-        x = _normalize_channels(max_pool_nodes(_upcast(feature), pool, grid), dim=1)
+def unit_nodes(feature: Tensor) -> Tensor:
+    """``[B, N, C]`` nodes of the CIRKD relations: every pixel of ``feature`` (no pooling, as the CIRKD
+    reference at feature maps < 256×256), each L2-normalised over channels."""
+    with no_autocast(feature):
+        x = normalize_channels(upcast(feature), dim=1)
         return x.flatten(2).transpose(1, 2)
 
 
@@ -220,7 +225,7 @@ def cross_image_relation_kl(
     values, and the DDP-averaged gradient, equal the single-process loss on the global batch.
 
     Args:
-        student_nodes, teacher_nodes: ``[B, N, C]`` unit nodes (:func:`relation_nodes`) of the local batch.
+        student_nodes, teacher_nodes: ``[B, N, C]`` unit nodes (:func:`unit_nodes`) of the local batch.
         student_all, teacher_all: ``[G, N, C]`` nodes of the global batch (None: the local batch).
         tau: relation temperature (CIRKD: 0.1).
         world_size: number of ranks W.
@@ -232,7 +237,7 @@ def cross_image_relation_kl(
     t_loc = teacher_nodes.detach()
     g, n = s_all.shape[0], s_all.shape[1]
     total = student_nodes.new_zeros(())
-    with _no_autocast(student_nodes):
+    with no_autocast(student_nodes):
         # One anchor image at a time: a [G, N, N] block instead of [B, G, N, N].
         for i in range(student_nodes.shape[0]):
             log_q = F.log_softmax(torch.einsum("nc,gmc->gnm", student_nodes[i], s_all) / tau, dim=-1)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -79,6 +79,8 @@ class BoundaryDistillation(DistillLoss):
         variant: ``"mse"``, ``"l1"`` or ``"kl"`` (spatial softmax over the map at temperature ``tau``).
         dilation: neighbour offset of the 8-neighbourhood.
         tau: temperature of the ``"kl"`` variant (maps live in [0, 1], so τ < 1 sharpens).
+        calibrate: ``{steps, ratio}``: scale to ``ratio`` × CE early in training
+            (:mod:`~bcd_lightning.distill.calibration`); null: unscaled.
 
     No parameters: boundary maps have no channel axis, so any student/teacher widths compare directly.
     """
@@ -92,8 +94,10 @@ class BoundaryDistillation(DistillLoss):
         variant: str = "mse",
         dilation: int = 1,
         tau: float = 0.1,
+        calibrate: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.set_calibration(calibrate)
         name = type(self).__name__
         self.stages = _check_stages(name, stages)
         if stage_weights is not None:
@@ -168,12 +172,20 @@ class BoundaryWeightedKD(DistillLoss):
         stages: 0-based teacher stage indices whose boundary maps are fused into the weight.
         tau: KD temperature τ.
         dilation: neighbour offset of the boundary maps.
+        calibrate: ``{steps, ratio}``: scale to ``ratio`` × CE early in training; null: unscaled.
     """
 
     uses: ClassVar[frozenset[str]] = frozenset({"logits", "stages"})
 
-    def __init__(self, stages: Sequence[int] = (1, 2, 3, 4), tau: float = 1.0, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        stages: Sequence[int] = (1, 2, 3, 4),
+        tau: float = 1.0,
+        dilation: int = 1,
+        calibrate: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
+        self.set_calibration(calibrate)
         name = type(self).__name__
         self.stages = _check_stages(name, stages)
         self.tau = _check_positive(name, "tau", tau)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from bcd_lightning.distill.adapters import Feature, FeaturePairLoss
-from bcd_lightning.distill.baseline_functional import cross_image_relation_kl, relation_nodes
-from bcd_lightning.distill.skd import check_nodes
+from bcd_lightning.distill.baseline_functional import cross_image_relation_kl, unit_nodes
 
 
 def _world() -> int:
@@ -50,19 +48,20 @@ def gather_batch(x: Tensor, with_grad: bool) -> Tensor:
 class CrossImageRelationDistillation(FeaturePairLoss):
     """``(W/G²) Σ_{i local} Σ_{j ≤ G} (1/N) Σ_n KL(softmax_m(t_in·t_jm/τ) ‖ softmax_m(s_in·s_jm/τ))``.
 
-    Nodes: ``feature`` (student resized bilinearly to the teacher's size) max-pooled by ``pool`` (CIRKD:
-    2, ceil mode) or to a ``grid``, L2-normalised over channels. Relations pair every local anchor image
-    with every image j of the global batch (G images over W ranks, gathered with a gradient-carrying
-    all-gather; W = 1 and G = B on one process, where it is CIRKD's ``Σ_ij/B²``). The mean over ranks of
-    the value and the DDP-averaged gradient equal the single-process loss on the global batch. Memory:
-    one ``[G, N, N]`` block per anchor image, kept for backward, so O(B·G·N²): pool to keep N small.
-    Channel-free, so no adapter is needed (``auto`` = none).
+    Nodes: every pixel of ``feature`` (student resized bilinearly to the teacher's size), after the
+    optional average pooling ``avg_pool`` (kernel = stride), L2-normalised over channels. The CIRKD
+    reference never max-pools; it uses every node of its stride-8 feature (and average-pools 4×4 only
+    at ≥ 256×256). Relations pair every local anchor image with every image j of the global batch (G
+    images over W ranks, gathered with a gradient-carrying all-gather; W = 1 and G = B on one process,
+    where it is CIRKD's ``Σ_ij/B²``). The mean over ranks of the value and the DDP-averaged gradient equal
+    the single-process loss on the global batch. Memory: one ``[G, N, N]`` block per anchor image, kept
+    for backward, so O(B·G·N²): pool to keep N small. Channel-free, so no adapter (``auto`` = none).
     See :func:`~bcd_lightning.distill.baseline_functional.cross_image_relation_kl`.
 
     Args:
         feature: ``"logits"``, ``"decoder"`` or a 0-based stage index.
         tau: relation temperature (CIRKD: 0.1).
-        pool: max-pool kernel and stride; ``grid``: ``[h, w]`` nodes instead.
+        avg_pool: average-pooling kernel = stride before the nodes (null: every pixel is a node).
         global_batch: gather the batch over DDP ranks (False: local batch only, as the original).
         student_adapter: ``auto``/``none`` (identity), ``conv1x1`` or ``conv1x1_bn``.
     """
@@ -71,24 +70,21 @@ class CrossImageRelationDistillation(FeaturePairLoss):
         self,
         feature: Feature = 2,
         tau: float = 0.1,
-        pool: int | None = 2,
-        grid: Sequence[int] | None = None,
+        avg_pool: int | None = None,
         global_batch: bool = True,
         student_adapter: str = "auto",
     ) -> None:
-        super().__init__(feature, student_adapter)
+        super().__init__(feature, student_adapter, avg_pool)
         owner = type(self).__name__
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau <= 0:
             raise ValueError(f"{owner}: option `tau` must be a number > 0, got {tau!r}")
         if not isinstance(global_batch, bool):
             raise ValueError(f"{owner}: option `global_batch` must be true or false, got {global_batch!r}")
         self.tau = float(tau)
-        self.pool, self.grid = check_nodes(owner, pool, grid)
         self.global_batch = global_batch
 
     def compute(self, student: Tensor, teacher: Tensor, target: Tensor, ignore_index: int) -> Tensor:
-        s = relation_nodes(student, self.pool, self.grid)
-        t = relation_nodes(teacher, self.pool, self.grid)
+        s, t = unit_nodes(student), unit_nodes(teacher)
         world = _world() if self.global_batch else 1
         if world == 1:
             return cross_image_relation_kl(s, t, tau=self.tau)
@@ -97,6 +93,6 @@ class CrossImageRelationDistillation(FeaturePairLoss):
 
     def extra_repr(self) -> str:
         return (
-            f"feature={self.feature!r}, tau={self.tau}, pool={self.pool}, grid={self.grid}, "
+            f"feature={self.feature!r}, tau={self.tau}, avg_pool={self.avg_pool}, "
             f"global_batch={self.global_batch}, student_adapter={self.student_adapter!r}"
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,6 +64,8 @@ class ContextDistillation(DistillLoss):
         max_nodes: optional cap on N, reached by pooling further.
         chunk_size: rows per chunk (``None``: 16 MiB fp32 work blocks, 64 MiB in all).
         variant: ``"kl"`` or ``"mse"``.
+        calibrate: ``{steps, ratio}``: scale to ``ratio`` × CE early in training
+            (:mod:`~bcd_lightning.distill.calibration`); null: unscaled.
 
     No parameters: relations are N×N whatever the channel counts.
     """
@@ -78,8 +81,10 @@ class ContextDistillation(DistillLoss):
         max_nodes: int | None = None,
         chunk_size: int | None = None,
         variant: str = "kl",
+        calibrate: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.set_calibration(calibrate)
         name = type(self).__name__
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau <= 0:
             raise ValueError(f"{name}: option `tau` must be a number > 0, got {tau!r}")

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bcd_lightning.distill._tensor import no_autocast, normalize_channels, upcast
+
 
 def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
     """Mean of ``values`` over ``valid`` positions (all when ``valid`` is None); 0 if none is valid."""
@@ -23,9 +25,12 @@ def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
 
 
 def pixel_kl(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
-    """Per-pixel ``KL(softmax(z_T/τ) ‖ softmax(z_S/τ))`` over the class axis, ``[B, H, W]``, fp32."""
+    """Per-pixel ``KL(softmax(z_T/τ) ‖ softmax(z_S/τ))`` over the class axis, ``[B, H, W]``, fp32.
+
+    The teacher logits are detached (a constant target), like every other loss's teacher input.
+    """
     log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / tau, dim=1)
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
 
 
@@ -54,31 +59,12 @@ def pixel_kd(
 # loss can never push gradients into the teacher, whatever the caller did.
 # --------------------------------------------------------------------------------------------------------
 
-#: Norm floor for per-pixel normalisation: a (near-)zero feature becomes the zero vector (affinity 0).
-NORM_EPS = 1e-6
 #: Automatic chunk size for the context loss: one ``[B, chunk, N]`` work block holds at most this many
 #: elements (16 MiB of fp32); the loss keeps four such blocks, 64 MiB, whatever N is.
 CHUNK_ELEMENTS = 4 * 2**20
 #: Preferred block on CPU (4 MiB of fp32): small enough to stay in cache (see :func:`auto_chunk_size`).
 CPU_CACHE_ELEMENTS = 2**20
 BOUNDARY_VARIANTS = ("mse", "l1", "kl")
-
-
-def _upcast(x: Tensor) -> Tensor:
-    """fp32 for half / bfloat16 / fp32 inputs; float64 stays float64 (reference tests)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def _no_autocast(x: Tensor) -> torch.autocast:
-    # Matmuls and reductions below must run in fp32 even inside a bf16/fp16 autocast region.
-    return torch.autocast(device_type=x.device.type, enabled=False)
-
-
-def _normalize_channels(x: Tensor, dim: int) -> Tensor:
-    """``x / max(‖x‖, NORM_EPS)`` along ``dim``."""
-    # Same value as x / x.norm(...).clamp_min(eps), but a plain square-sum: torch's norm reduction over a
-    # non-innermost axis is ~10x slower on CPU.
-    return x * x.square().sum(dim, keepdim=True).clamp_min(NORM_EPS**2).rsqrt()
 
 
 def _resize_map(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -100,11 +86,11 @@ def boundary_map(feature: Tensor, dilation: int = 1) -> Tensor:
     if int(dilation) != dilation or dilation < 1:
         raise ValueError(f"boundary_map: dilation must be an integer >= 1, got {dilation!r}")
     d = int(dilation)
-    with _no_autocast(feature):
+    with no_autocast(feature):
         h, w = feature.shape[-2:]
         # Replicate-pad once; the cosine of a pair (q, q+δ) serves both q (offset +δ) and q+δ (offset -δ),
         # so 4 products over the padded grid cover all 8 neighbours (half the work of 8 shifts).
-        x = F.pad(_normalize_channels(_upcast(feature), dim=1), (d, d, d, d), mode="replicate")
+        x = F.pad(normalize_channels(upcast(feature), dim=1), (d, d, d, d), mode="replicate")
 
         def cos(y0: int, y1: int, x0: int, x1: int, dy: int, dx: int) -> Tensor:
             # max(x(q)·x(q+δ), 0) for q in rows y0:y1, cols x0:x1 of the padded grid.
@@ -172,9 +158,9 @@ def boundary_distillation(
     total: Tensor | None = None
     for w, fs, ft in zip(weights, student_stages, teacher_stages, strict=True):
         # A [B, H, W] teacher entry is its boundary map already (precomputed, e.g. teacher-output cache).
-        b_t = _upcast(ft.detach()) if ft.dim() == 3 else boundary_map(ft.detach(), dilation)
+        b_t = upcast(ft.detach()) if ft.dim() == 3 else boundary_map(ft.detach(), dilation)
         b_s = _resize_map(boundary_map(fs, dilation), b_t.shape[-2:])
-        with _no_autocast(b_s):
+        with no_autocast(b_s):
             if variant == "mse":
                 term = (b_s - b_t).square().mean()
             elif variant == "l1":
@@ -199,7 +185,7 @@ def fused_boundary_map(
     if not stages:
         raise ValueError("fused_boundary_map: need at least one stage")
     maps = [s if s.dim() == 3 else boundary_map(s, dilation) for s in stages]
-    return torch.stack([_resize_map(_upcast(m), size) for m in maps]).mean(0)
+    return torch.stack([_resize_map(upcast(m), size) for m in maps]).mean(0)
 
 
 def boundary_weighted_kd(
@@ -219,13 +205,13 @@ def boundary_weighted_kd(
     if tau <= 0:
         raise ValueError(f"boundary_weighted_kd: tau must be > 0, got {tau}")
     teacher_logits = teacher_logits.detach()
-    with _no_autocast(student_logits):
+    with no_autocast(student_logits):
         if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
             teacher_logits = F.interpolate(
                 teacher_logits.float(), size=student_logits.shape[-2:], mode="bilinear", align_corners=False
             )
         kl = pixel_kl(student_logits, teacher_logits, tau)
-        w = _resize_map(_upcast(weight_map.detach()), kl.shape[-2:]).to(kl.dtype)
+        w = _resize_map(upcast(weight_map.detach()), kl.shape[-2:]).to(kl.dtype)
         if valid_mask is not None:
             # where(), not a product: a non-finite KL at an ignored pixel must not leak in.
             w = torch.where(valid_mask, w, torch.zeros_like(w))
@@ -233,7 +219,7 @@ def boundary_weighted_kd(
         return tau**2 * (w * kl).sum() / w.sum().clamp_min(eps)
 
 
-def _relation_nodes(
+def avg_pool_relation_nodes(
     student_feat: Tensor, teacher_feat: Tensor, pool: int = 1, grid: tuple[int, int] | None = None
 ) -> tuple[Tensor, Tensor]:
     """Student and teacher relation nodes ``[B, N, C]``, unit-norm rows, on one common ``h×w`` grid.
@@ -253,7 +239,7 @@ def _relation_nodes(
         raise ValueError(
             f"relation loss: batch sizes differ ({student_feat.shape[0]} vs {teacher_feat.shape[0]})"
         )
-    s, t = _upcast(student_feat), _upcast(teacher_feat.detach())
+    s, t = upcast(student_feat), upcast(teacher_feat.detach())
     if pool > 1:
         s = F.avg_pool2d(s, int(pool), int(pool), ceil_mode=True)
         t = F.avg_pool2d(t, int(pool), int(pool), ceil_mode=True)
@@ -270,8 +256,8 @@ def _relation_nodes(
 
     # Normalise in the [B, C, h, w] layout (a fast broadcast), then view as [B, N, C]: bmm takes the
     # transposed operand as it is.
-    s = _normalize_channels(to_grid(s), dim=1)
-    t = _normalize_channels(to_grid(t), dim=1)
+    s = normalize_channels(to_grid(s), dim=1)
+    t = normalize_channels(to_grid(t), dim=1)
     return s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
 
 
@@ -369,8 +355,8 @@ def self_relation_kl(
         raise ValueError(f"self_relation_kl: tau must be > 0, got {tau}")
     if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
         raise ValueError(f"self_relation_kl: chunk_size must be None or an integer >= 1, got {chunk_size!r}")
-    with _no_autocast(student_feat):
-        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+    with no_autocast(student_feat):
+        s, t = avg_pool_relation_nodes(student_feat, teacher_feat, pool, grid)
         b, n, _ = s.shape
         chunk = auto_chunk_size(b, n, s.shape[2], s.device) if chunk_size is None else min(int(chunk_size), n)
         need_grad = torch.is_grad_enabled() and s.requires_grad
@@ -385,8 +371,8 @@ def self_relation_kl_naive(
     grid: tuple[int, int] | None = None,
 ) -> Tensor:
     """Reference for :func:`self_relation_kl` with full ``[B, N, N]`` matrices (O(N²) memory)."""
-    with _no_autocast(student_feat):
-        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+    with no_autocast(student_feat):
+        s, t = avg_pool_relation_nodes(student_feat, teacher_feat, pool, grid)
         log_q = F.log_softmax(s @ s.transpose(1, 2) / tau, dim=-1)
         log_p = F.log_softmax(t @ t.transpose(1, 2) / tau, dim=-1)
         return tau**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
@@ -401,8 +387,8 @@ def cosine_relation_mse(
     ``Σ_ij (A^S - A^T)² = ||X̂_Sᵀ X̂_S||² + ||X̂_Tᵀ X̂_T||² - 2 ||X̂_Sᵀ X̂_T||²`` (C×C, C_S×C_T). Nodes as in
     :func:`self_relation_kl`. fp32; the teacher is detached. Reference: :func:`cosine_relation_mse_naive`.
     """
-    with _no_autocast(student_feat):
-        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+    with no_autocast(student_feat):
+        s, t = avg_pool_relation_nodes(student_feat, teacher_feat, pool, grid)
         n = s.shape[1]
         s_t, t_t = s.transpose(1, 2), t.transpose(1, 2)
         sq = (
@@ -418,6 +404,6 @@ def cosine_relation_mse_naive(
     student_feat: Tensor, teacher_feat: Tensor, pool: int = 1, grid: tuple[int, int] | None = None
 ) -> Tensor:
     """Reference for :func:`cosine_relation_mse` with full ``[B, N, N]`` cosine matrices."""
-    with _no_autocast(student_feat):
-        s, t = _relation_nodes(student_feat, teacher_feat, pool, grid)
+    with no_autocast(student_feat):
+        s, t = avg_pool_relation_nodes(student_feat, teacher_feat, pool, grid)
         return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).square().mean()

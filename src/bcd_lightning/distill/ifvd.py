@@ -14,7 +14,8 @@ class IntraClassVariationDistillation(FeaturePairLoss):
 
     ``μ_k`` is the mean feature of the valid pixels of class k in the same image (each model uses its own
     features), ``y`` the label resized by nearest neighbour to the teacher feature's size (the student
-    feature is resized bilinearly to it first); ignored pixels take no part in prototypes nor the mean.
+    feature is resized bilinearly to it first; both are average-pooled by ``avg_pool`` when set); ignored
+    pixels take no part in prototypes nor the mean.
     Channel-free, so no adapter is needed (``auto`` = none).
     See :func:`~bcd_lightning.distill.baseline_functional.intra_class_variation_mse`.
 
@@ -22,12 +23,17 @@ class IntraClassVariationDistillation(FeaturePairLoss):
         feature: ``"logits"``, ``"decoder"`` or a 0-based stage index.
         num_classes: K; ``null`` takes it from the student's logits (which then must be computed).
         student_adapter: ``auto``/``none`` (identity), ``conv1x1`` or ``conv1x1_bn``.
+        avg_pool: average-pool both features (kernel = stride) first; null: none.
     """
 
     def __init__(
-        self, feature: Feature = 2, num_classes: int | None = None, student_adapter: str = "auto"
+        self,
+        feature: Feature = 2,
+        num_classes: int | None = None,
+        student_adapter: str = "auto",
+        avg_pool: int | None = None,
     ) -> None:
-        super().__init__(feature, student_adapter)
+        super().__init__(feature, student_adapter, avg_pool)
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
         ):
@@ -53,5 +59,5 @@ class IntraClassVariationDistillation(FeaturePairLoss):
     def extra_repr(self) -> str:
         return (
             f"feature={self.feature!r}, num_classes={self.num_classes}, "
-            f"student_adapter={self.student_adapter!r}"
+            f"student_adapter={self.student_adapter!r}, avg_pool={self.avg_pool}"
         )

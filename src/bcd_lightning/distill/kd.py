@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -16,12 +17,15 @@ class LogitKD(DistillLoss):
 
     Args:
         tau: temperature τ (CIRKD uses 1.0 for pixel KD; larger values soften both distributions).
+        calibrate: ``{steps, ratio}``: scale to ``ratio`` × CE early in training
+            (:mod:`~bcd_lightning.distill.calibration`); null: unscaled.
     """
 
     uses: ClassVar[frozenset[str]] = frozenset({"logits"})
 
-    def __init__(self, tau: float = 1.0) -> None:
+    def __init__(self, tau: float = 1.0, calibrate: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self.set_calibration(calibrate)
         if tau <= 0:
             raise ValueError(f"LogitKD: tau must be > 0, got {tau}")
         self.tau = tau

@@ -34,7 +34,8 @@ def check_nodes(owner: str, pool: int | None, grid: Sequence[int] | None) -> tup
 class PairwiseSimilarityDistillation(FeaturePairLoss):
     """``(1/B) Σ_b (1/N²) Σ_ij (A^S_ij - A^T_ij)²`` with ``A_ij`` the cosine of nodes i and j.
 
-    Nodes: ``feature`` of each model (student resized bilinearly to the teacher's size), max-pooled with
+    Nodes: ``feature`` of each model (student resized bilinearly to the teacher's size; both average-pooled
+    by ``avg_pool`` first when set), max-pooled with
     kernel = stride = ``pool`` (ceil mode) or adaptively to a ``grid`` of nodes. ``pool: null`` and
     ``grid: null`` is the exact, un-pooled mode: every pixel is a node, computed through C×C Gram matrices
     (never an N×N matrix) when that is cheaper. Channel-free, so no adapter is needed (``auto`` = none).
@@ -46,6 +47,7 @@ class PairwiseSimilarityDistillation(FeaturePairLoss):
         grid: ``[h, w]`` node grid by adaptive max pooling (instead of ``pool``).
         method: ``auto``, ``gram`` or ``naive`` (same value; cost only).
         student_adapter: ``auto``/``none`` (identity), ``conv1x1`` or ``conv1x1_bn``.
+        avg_pool: average-pool both features (kernel = stride) before the nodes; null: none.
     """
 
     def __init__(
@@ -55,8 +57,9 @@ class PairwiseSimilarityDistillation(FeaturePairLoss):
         grid: Sequence[int] | None = None,
         method: str = "auto",
         student_adapter: str = "auto",
+        avg_pool: int | None = None,
     ) -> None:
-        super().__init__(feature, student_adapter)
+        super().__init__(feature, student_adapter, avg_pool)
         owner = type(self).__name__
         self.pool, self.grid = check_nodes(owner, pool, grid)
         if method not in SIMILARITY_METHODS:
@@ -73,5 +76,5 @@ class PairwiseSimilarityDistillation(FeaturePairLoss):
     def extra_repr(self) -> str:
         return (
             f"feature={self.feature!r}, pool={self.pool}, grid={self.grid}, method={self.method!r}, "
-            f"student_adapter={self.student_adapter!r}"
+            f"student_adapter={self.student_adapter!r}, avg_pool={self.avg_pool}"
         )
