@@ -55,7 +55,11 @@ def compose(overrides: Sequence[str]) -> Any:
 
 def presets() -> list[str]:
     """Every distillation preset in conf/distill except ``none``: kd and bcd first, then the rest."""
-    names = sorted(p.stem for p in (ROOT / "conf" / "distill").glob("*.yaml") if p.stem != "none")
+    names = sorted(
+        p.stem
+        for p in (ROOT / "src" / "bcd_lightning" / "conf" / "distill").glob("*.yaml")
+        if p.stem != "none"
+    )
     return [n for n in ("kd", "bcd") if n in names] + [n for n in names if n not in ("kd", "bcd")]
 
 

@@ -47,7 +47,6 @@ from bcd_lightning.jobs import JobResult, TrainJob, run_jobs
 from bcd_lightning.stats import PairedResult, holm, paired_difference
 from bcd_lightning.utils.run_dir import atomic_write_text
 
-CONF_DISTILL = Path(__file__).resolve().parent.parent / "conf" / "distill"
 SEEDS = (0, 1, 2, 3, 4)
 FOCUS = "bcd"  # the method whose ablations are run and whose results the notes discuss
 REFERENCES = ("none", "kd")  # paired differences are taken against these
@@ -132,9 +131,12 @@ QUICK = (
 
 
 # --- methods ---------------------------------------------------------------------------------------------
-def preset_methods(conf_dir: Path = CONF_DISTILL) -> list[str]:
-    """Every preset of ``conf/distill/`` (a new file is a new method): ``none`` first, ``FOCUS`` last."""
-    names = sorted(p.stem for p in Path(conf_dir).glob("*.yaml"))
+def preset_methods(conf_dir: Path | None = None) -> list[str]:
+    """Every ``distill`` preset Hydra sees (package ``conf/distill/`` plus ``BCD_CONFIG_PATH``), or the
+    ``*.yaml`` files of ``conf_dir``: a new file is a new method. ``none`` first, ``FOCUS`` last."""
+    from bcd_lightning.utils.presets import group_options
+
+    names = sorted(p.stem for p in conf_dir.glob("*.yaml")) if conf_dir else group_options("distill")
     head = [n for n in ("none",) if n in names]
     tail = [n for n in (FOCUS,) if n in names]
     return head + [n for n in names if n not in head + tail] + tail

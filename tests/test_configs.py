@@ -8,11 +8,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+import bcd_lightning
 from bcd_lightning import builders
 from bcd_lightning.utils.config_check import ConfigError, check_config
 from support import compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(bcd_lightning.__file__).parent / "conf"
 GPU_TRAINERS = {"gpu", "ddp"}
 
 

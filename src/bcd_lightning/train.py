@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
+        # Lightning's DDP launchers reset torch's thread count from OMP_NUM_THREADS: keep ``threads``.
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
 

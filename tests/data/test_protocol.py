@@ -13,12 +13,13 @@ import fixture_trees as ft
 import pytest
 import torch
 
+import bcd_lightning
 from bcd_lightning import builders
 from bcd_lightning.train import train
 from bcd_lightning.utils.config_check import ConfigError, check_config
 from support import compose_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(bcd_lightning.__file__).parent / "conf"
 PRESETS = sorted(
     f"{p.parent.name}/{p.stem}"
     for d in ("cityscapes", "voc", "ade20k", "camvid")

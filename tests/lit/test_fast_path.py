@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import bcd_lightning
 from bcd_lightning import builders
 from bcd_lightning.distill import BoundaryDistillation, BoundaryWeightedKD, ContextDistillation, LogitKD
 from bcd_lightning.distill.base import teacher_fields
@@ -118,7 +119,7 @@ def test_compile_keeps_checkpoint_keys(make_cfg) -> None:
 
 PRESETS = sorted(
     p.stem
-    for p in (Path(__file__).resolve().parents[2] / "conf" / "distill").glob("*.yaml")
+    for p in (Path(bcd_lightning.__file__).parent / "conf" / "distill").glob("*.yaml")
     if p.stem != "none"
 )
 
