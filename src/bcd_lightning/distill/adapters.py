@@ -44,8 +44,9 @@ def model_widths(model: Any) -> ModelWidths:
     decoder = None
     head = getattr(getattr(model, "net", None), "segmentation_head", None)
     # smp's SegmentationHead is Sequential(conv, upsampling, activation): its conv reads the decoder feature.
-    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], nn.Conv2d):
-        decoder = int(head[0].in_channels)
+    conv = head[0] if isinstance(head, nn.Sequential) and len(head) else None
+    if isinstance(conv, nn.Conv2d):
+        decoder = int(conv.in_channels)
     return ModelWidths(int(model.num_classes), tuple(int(c) for c in model.stage_channels), decoder)
 
 
@@ -138,8 +139,8 @@ class FeaturePairLoss(DistillLoss):
         avg_pool: average-pooling kernel = stride applied to both features (null: none).
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"logits", "stages", "decoder"})
-    teacher_uses: ClassVar[frozenset[str] | None] = None
+    uses: frozenset[str] = frozenset({"logits", "stages", "decoder"})
+    teacher_uses: frozenset[str] | None = None
     #: Whether :meth:`compute` needs equal student/teacher channel counts (``none`` is then an error).
     needs_equal_widths: ClassVar[bool] = False
 

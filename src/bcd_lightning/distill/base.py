@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from bcd_lightning.models.outputs import OUTPUT_FIELDS, SegOutput
 
-__all__ = ["OUTPUT_FIELDS", "DistillLoss", "teacher_fields"]
+__all__ = ["OUTPUT_FIELDS", "DistillLoss", "require", "teacher_fields"]
 
 
 class DistillLoss(nn.Module):
@@ -25,9 +25,11 @@ class DistillLoss(nn.Module):
     teacher fields it uses.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"logits"})
+    # Class-level defaults that an instance may narrow in ``__init__`` (e.g. to the one feature it is
+    # configured to read), hence instance attributes rather than ClassVars.
+    uses: frozenset[str] = frozenset({"logits"})
     #: Fields read from the *teacher* output; ``None``: the same as ``uses``.
-    teacher_uses: ClassVar[frozenset[str] | None] = None
+    teacher_uses: frozenset[str] | None = None
     # Optional magnitude calibration against the CE (:mod:`bcd_lightning.distill.calibration`), applied to
     # what ``forward`` returns: the submodule ``calibration``, set by :meth:`set_calibration` (no class
     # attribute of that name: it would shadow the registered submodule).
@@ -67,6 +69,17 @@ class DistillLoss(nn.Module):
 
     def check_compatible(self, student_stages: int, teacher_stages: int) -> None:
         """Raise ``ValueError`` naming the option when the models lack something this loss reads."""
+
+
+def require(output: SegOutput, field: Literal["logits", "decoder"]) -> Tensor:
+    """``output.<field>``, or a ``ValueError`` naming it when the forward pass left it ``None``."""
+    value = getattr(output, field)
+    if value is None:
+        raise ValueError(
+            f"SegOutput.{field} is None: the forward pass was not asked for it; a loss that reads it "
+            "must list it in its `uses` (student) / `teacher_uses` (teacher)."
+        )
+    return value
 
 
 def teacher_fields(loss: DistillLoss) -> frozenset[str]:

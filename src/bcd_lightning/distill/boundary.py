@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
-from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.distill.base import DistillLoss, require
 from bcd_lightning.distill.functional import (
     BOUNDARY_VARIANTS,
     boundary_distillation,
@@ -57,8 +57,13 @@ def teacher_boundary_maps(teacher: SegOutput, stages: Sequence[int], dilation: i
 
 def _teacher_stage_inputs(teacher: SegOutput, stages: Sequence[int], dilation: int) -> list[Tensor] | None:
     """The cached ``[B, H, W]`` teacher boundary maps of ``stages``, or ``None`` for a live teacher."""
-    maps = [teacher.cached.get(boundary_map_name(i, dilation)) for i in stages]
-    return None if any(m is None for m in maps) else maps
+    maps = []
+    for i in stages:
+        m = teacher.cached.get(boundary_map_name(i, dilation))
+        if m is None:
+            return None
+        maps.append(m)
+    return maps
 
 
 def _stages_error(owner: str, stages: list[int], available: dict[str, int]) -> ValueError:
@@ -85,7 +90,7 @@ class BoundaryDistillation(DistillLoss):
     No parameters: boundary maps have no channel axis, so any student/teacher widths compare directly.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"stages"})
+    uses: frozenset[str] = frozenset({"stages"})
 
     def __init__(
         self,
@@ -175,7 +180,7 @@ class BoundaryWeightedKD(DistillLoss):
         calibrate: ``{steps, ratio}``: scale to ``ratio`` × CE early in training; null: unscaled.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"logits", "stages"})
+    uses: frozenset[str] = frozenset({"logits", "stages"})
 
     def __init__(
         self,
@@ -198,7 +203,10 @@ class BoundaryWeightedKD(DistillLoss):
 
     def teacher_cache_entries(self, teacher: SegOutput, student: SegOutput) -> dict[str, Tensor]:
         # Per-stage maps, not the fused one: tiny, shared with BoundaryDistillation, fused at loss time.
-        return {"logits": teacher.logits, **teacher_boundary_maps(teacher, self.stages, self.dilation)}
+        return {
+            "logits": require(teacher, "logits"),
+            **teacher_boundary_maps(teacher, self.stages, self.dilation),
+        }
 
     def forward(
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
@@ -207,9 +215,10 @@ class BoundaryWeightedKD(DistillLoss):
         if maps is None:
             self.check_compatible(len(student.stages), len(teacher.stages))
             maps = [teacher.stages[i].detach() for i in self.stages]
-        weight = fused_boundary_map(maps, student.logits.shape[-2:], self.dilation)
+        student_logits = require(student, "logits")
+        weight = fused_boundary_map(maps, student_logits.shape[-2:], self.dilation)
         return boundary_weighted_kd(
-            student.logits, teacher.logits, weight, self.tau, valid_mask=target != ignore_index
+            student_logits, require(teacher, "logits"), weight, self.tau, valid_mask=target != ignore_index
         )
 
     def extra_repr(self) -> str:

@@ -24,6 +24,12 @@ CALIBRATE_KEYS = ("steps", "ratio")
 class MagnitudeCalibration(nn.Module):
     """``c · raw`` with ``c = ratio · ΣCE / Σraw`` over the first ``steps`` training calls, then frozen."""
 
+    # Buffers (registered in __init__), declared so type checkers see Tensors, not Tensor | Module.
+    factor: Tensor
+    ce_sum: Tensor
+    raw_sum: Tensor
+    calls: Tensor
+
     def __init__(self, steps: int = 50, ratio: float = 1.0) -> None:
         super().__init__()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,9 +70,9 @@ class ContextDistillation(DistillLoss):
     No parameters: relations are N×N whatever the channel counts.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"decoder", "logits"})
+    uses: frozenset[str] = frozenset({"decoder", "logits"})
     # The student's logits give the input size; from the teacher only the decoder feature is read.
-    teacher_uses: ClassVar[frozenset[str] | None] = frozenset({"decoder"})
+    teacher_uses: frozenset[str] | None = frozenset({"decoder"})
 
     def __init__(
         self,

@@ -6,13 +6,11 @@ in the package names it. Equations: docs/method.md ("DIST").
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.distill.base import DistillLoss, require
 from bcd_lightning.models.outputs import SegOutput
 
 #: Added to the product of norms, as the reference ``cosine_similarity``.
@@ -78,7 +76,7 @@ class DIST(DistillLoss):
         gamma: weight of the intra-class (per-class, across pixels) relation (reference: 1).
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"logits"})
+    uses: frozenset[str] = frozenset({"logits"})
 
     def __init__(self, tau: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
         super().__init__()
@@ -93,7 +91,12 @@ class DIST(DistillLoss):
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
     ) -> Tensor:
         total, _, _ = dist_loss(
-            student.logits, teacher.logits, self.tau, self.beta, self.gamma, valid_mask=target != ignore_index
+            require(student, "logits"),
+            require(teacher, "logits"),
+            self.tau,
+            self.beta,
+            self.gamma,
+            valid_mask=target != ignore_index,
         )
         return total
 

@@ -243,7 +243,7 @@ def avg_pool_relation_nodes(
     if pool > 1:
         s = F.avg_pool2d(s, int(pool), int(pool), ceil_mode=True)
         t = F.avg_pool2d(t, int(pool), int(pool), ceil_mode=True)
-    size = tuple(t.shape[-2:]) if grid is None else (int(grid[0]), int(grid[1]))
+    size = (int(t.shape[-2]), int(t.shape[-1])) if grid is None else (int(grid[0]), int(grid[1]))
     if min(size) < 1:
         raise ValueError(f"relation loss: grid must be positive, got {size}")
 
@@ -329,10 +329,17 @@ class _ChunkedRelationKL(torch.autograd.Function):
         return total * scale
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:
-        (grad,) = ctx.saved_tensors
-        return (None if grad is None else grad * grad_out), None, None, None, None
+    def backward(ctx, *grad_outputs: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+        # The base signature; the work is in a once_differentiable function (the decorator's typing
+        # makes ``ctx`` positional-only, which the override check rejects on the method itself).
+        return _chunked_relation_kl_backward(ctx, *grad_outputs)
+
+
+@torch.autograd.function.once_differentiable
+def _chunked_relation_kl_backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+    """Backward of :class:`_ChunkedRelationKL`: the stored gradient times ``grad_out`` (no double backward)."""
+    (grad,) = ctx.saved_tensors
+    return (None if grad is None else grad * grad_out), None, None, None, None
 
 
 def self_relation_kl(

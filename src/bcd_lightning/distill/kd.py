@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
-from bcd_lightning.distill.base import DistillLoss
+from bcd_lightning.distill.base import DistillLoss, require
 from bcd_lightning.distill.functional import pixel_kd
 from bcd_lightning.models.outputs import SegOutput
 
@@ -21,7 +21,7 @@ class LogitKD(DistillLoss):
             (:mod:`~bcd_lightning.distill.calibration`); null: unscaled.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"logits"})
+    uses: frozenset[str] = frozenset({"logits"})
 
     def __init__(self, tau: float = 1.0, calibrate: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -33,4 +33,9 @@ class LogitKD(DistillLoss):
     def forward(
         self, student: SegOutput, teacher: SegOutput, target: Tensor, ignore_index: int = 255
     ) -> Tensor:
-        return pixel_kd(student.logits, teacher.logits, self.tau, valid_mask=target != ignore_index)
+        return pixel_kd(
+            require(student, "logits"),
+            require(teacher, "logits"),
+            self.tau,
+            valid_mask=target != ignore_index,
+        )

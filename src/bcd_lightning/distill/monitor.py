@@ -15,12 +15,15 @@ Add it with ``+callbacks.term_monitor={_target_: bcd_lightning.distill.monitor.T
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from bcd_lightning.lit.distillation import DistillationModule
 
 
 def _grad_norm(value: Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -45,6 +48,8 @@ class TermMonitor(L.Callback):
         step = trainer.global_step - 1  # the step just taken
         if not losses or step % self.every_n_steps:
             return
+        # Only a DistillationModule has `distill_losses`; the hook's signature is the Callback base's.
+        pl_module = cast("DistillationModule", pl_module)
         model = pl_module.model
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         rng = torch.get_rng_state()
