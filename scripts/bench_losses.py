@@ -191,15 +191,17 @@ def bench_context(args: argparse.Namespace, device: torch.device) -> list[dict[s
 
 # ---------------------------------------------------------------------------------------------- BCD cost
 def _preset_terms(context_stride: int | None) -> dict[str, tuple[torch.nn.Module, float]]:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """The terms of the composed ``distill=bcd`` preset (it composes kd/boundary/context by defaults)."""
+    from hydra import compose, initialize_config_module
 
-    import bcd_lightning
+    from bcd_lightning.builders import distill_terms
 
-    cfg = OmegaConf.load(Path(bcd_lightning.__file__).parent / "conf" / "distill" / "bcd.yaml")
+    overrides = ["distill=bcd", "paths.output_dir=unused"]
     if context_stride is not None:
-        cfg.losses.context.loss.stride = context_stride
-    return {name: (instantiate(e.loss), float(e.weight)) for name, e in cfg.losses.items()}
+        overrides.append(f"distill.losses.context.loss.stride={context_stride}")
+    with initialize_config_module("bcd_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return {name: (term.loss, term.weight) for name, term in distill_terms(cfg).items()}
 
 
 def bench_bcd(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

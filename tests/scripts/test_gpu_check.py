@@ -4,6 +4,7 @@ FLOP count it divides by, and the make targets that prepare and run it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -140,8 +141,13 @@ def test_without_cuda_the_default_device_says_how_to_dry_run(gpu, tmp_path: Path
 
 
 def test_make_targets_prepare_and_run_the_check_offline(tmp_path: Path) -> None:
+    # Not the ARGS of an enclosing `make test ARGS=...` (make passes command-line variables on to sub-makes).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
+
     def make(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return subprocess.run(
+            ["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, check=False, env=env
+        )
 
     wheels = make("-n", "gpu-wheels").stdout
     assert "--only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64" in wheels
