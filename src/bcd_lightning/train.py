@@ -89,21 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         restore_csv(loggers, read_csv_history(loggers, resumed[0]))
     trainer = builders.build_trainer(cfg, callbacks, loggers)
     try:
-        if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
-        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.get("test", True):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        if cfg.get("export_best_to") and trainer.is_global_zero:
-            if not best:
-                raise ConfigError(
-                    "export_best_to is set but no best checkpoint was saved (is validation on?)"
-                )
-            atomic_copy(Path(best), Path(cfg.export_best_to))
-            log.info("Best checkpoint exported to %s", cfg.export_best_to)
+        best, metrics = fit_test_export(cfg, trainer, module, datamodule, ckpt_path)
         metrics.update(run_summary(cfg, trainer, best))
         if trainer.is_global_zero:
             write_run_record(output_dir, run_record(cfg, metrics, best))
@@ -113,6 +99,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["best_model_path"] = best
     metrics["output_dir"] = str(output_dir)
     return metrics
+
+
+def fit_test_export(
+    cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: Any, ckpt_path: str | None
+) -> tuple[str, dict[str, Any]]:
+    """``train`` / ``test`` / ``export_best_to`` of a run, for every task: the best checkpoint's path and
+    the final metrics (the test split scored with the best checkpoint's weights)."""
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("export_best_to") and trainer.is_global_zero:
+        if not best:
+            raise ConfigError("export_best_to is set but no best checkpoint was saved (is validation on?)")
+        atomic_copy(Path(best), Path(cfg.export_best_to))
+        log.info("Best checkpoint exported to %s", cfg.export_best_to)
+    return best, metrics
 
 
 def run_summary(cfg: DictConfig, trainer: L.Trainer, best: str) -> dict[str, float]:

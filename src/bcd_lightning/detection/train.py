@@ -13,7 +13,6 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from bcd_lightning import builders
@@ -22,9 +21,9 @@ from bcd_lightning.detection.data import DetectionDataModule
 from bcd_lightning.detection.features import FrozenDetector
 from bcd_lightning.detection.lit import DetectionModule, DetectionTerm
 from bcd_lightning.detection.models import build_detector
-from bcd_lightning.utils.config_check import ConfigError
-from bcd_lightning.utils.errors import friendly_errors
-from bcd_lightning.utils.run_dir import atomic_copy, atomic_write_text
+from bcd_lightning.train import fit_test_export, record_failure
+from bcd_lightning.utils.errors import exit_if_failed, hydra_task
+from bcd_lightning.utils.run_dir import atomic_write_text
 
 
 def build_datamodule(cfg: DictConfig) -> DetectionDataModule:
@@ -68,19 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = builders.build_trainer(cfg, builders.build_callbacks(cfg), builders.build_loggers(cfg))
-    if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    checkpoint = trainer.checkpoint_callback  # the first Checkpoint callback (ours are ModelCheckpoints)
-    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    if cfg.get("export_best_to") and trainer.is_global_zero:
-        if not best:
-            raise ConfigError("export_best_to is set but no best checkpoint was saved (is validation on?)")
-        atomic_copy(Path(best), Path(cfg.export_best_to))
-        print(f"Best checkpoint exported to {cfg.export_best_to}")
+    best, metrics = fit_test_export(cfg, trainer, module, datamodule, cfg.get("ckpt_path"))
     if trainer.is_global_zero:  # metrics.json: the same run record as segmentation (aggregate.load_runs)
         record = {
             "method": str(cfg.detection.distill.name),
@@ -97,9 +84,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_detection")
-@friendly_errors
-def main(cfg: DictConfig) -> float | None:
+@hydra_task(record=record_failure)
+def hydra_main(cfg: DictConfig) -> float | None:
     return train(cfg).get("val/map")
+
+
+def main() -> None:
+    """As ``bcd-train``: a failed job is recorded and never ends its sweep; the command says so at the end."""
+    hydra_main()
+    exit_if_failed()
 
 
 if __name__ == "__main__":
