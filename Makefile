@@ -33,7 +33,7 @@ train-detection: ## Detection: teacher -> baseline -> FitNet/CWD/PKD -> BCD -> o
 results: ## Regenerate docs/results.{md,csv,png}: the method comparison (same as make compare)
 	$(MAKE) compare ARGS="$(ARGS)"
 
-compare: ## Every method x 5 seeds, paired, on the embedded benchmark and its variant -> docs/results.{md,csv,png} (< 90 min, 2 cores)
+compare: ## Every method x 5 seeds, paired, on the embedded benchmark and its variant -> docs/results.{md,csv,png} (~60 min measured on 2 shared cores)
 	$(BIN)/python scripts/compare.py --n-jobs 2 threads=1 $(ARGS)
 
 tune: ## Optuna search of BCD's loss weights and taus on the val split (ARGS="hydra.sweeper.n_trials=40")
