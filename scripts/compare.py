@@ -579,6 +579,17 @@ def results_document(
     return "\n".join(lines)
 
 
+def num(x: float | None) -> str:
+    """A CSV number: exact (repr), empty when missing or not finite."""
+    return "" if x is None or not math.isfinite(float(x)) else repr(float(x))
+
+
+def _result_cells(c: Any) -> list[Any]:
+    """The CSV cells of one paired comparison: n, mean, std, 95% interval, p and Holm's p."""
+    r = c.result
+    return [r.n, num(r.mean), num(r.std), num(r.low), num(r.high), num(r.p), num(c.p_holm)]
+
+
 def results_csv(reports: Sequence[BenchmarkReport]) -> str:
     """Long format: one row per (benchmark, kind, method, reference, metric); raw (unscaled) values."""
     out = io.StringIO()
@@ -599,9 +610,6 @@ def results_csv(reports: Sequence[BenchmarkReport]) -> str:
             "p_holm",
         ]
     )
-
-    def num(x: float | None) -> str:
-        return "" if x is None or not math.isfinite(float(x)) else repr(float(x))
 
     for report in reports:
         name = report.benchmark.name
@@ -630,41 +638,9 @@ def results_csv(reports: Sequence[BenchmarkReport]) -> str:
         for reference in [r for r in REFERENCES if r in report.methods]:
             for key in metrics:
                 for c in paired_table(report.runs, report.methods, reference, key):
-                    r = c.result
-                    writer.writerow(
-                        [
-                            name,
-                            "paired",
-                            c.method,
-                            reference,
-                            key,
-                            r.n,
-                            num(r.mean),
-                            num(r.std),
-                            num(r.low),
-                            num(r.high),
-                            num(r.p),
-                            num(c.p_holm),
-                        ]
-                    )
+                    writer.writerow([name, "paired", c.method, reference, key, *_result_cells(c)])
         for c in ablation_table(report.runs, report.ablations, "test/mIoU") if report.ablations else []:
-            r = c.result
-            writer.writerow(
-                [
-                    name,
-                    "ablation",
-                    FOCUS,
-                    c.reference,
-                    "test/mIoU",
-                    r.n,
-                    num(r.mean),
-                    num(r.std),
-                    num(r.low),
-                    num(r.high),
-                    num(r.p),
-                    num(c.p_holm),
-                ]
-            )
+            writer.writerow([name, "ablation", FOCUS, c.reference, "test/mIoU", *_result_cells(c)])
     return out.getvalue()
 
 

@@ -36,9 +36,8 @@ from bcd_lightning.lit.optim import (
     SchedulerConfig,
     SchedulerFactory,
     as_scheduler,
-    build_optimizer,
-    build_scheduler,
     check_optimizer,
+    step_schedule,
 )
 
 
@@ -240,8 +239,4 @@ class DetectionModule(L.LightningModule):
         self.nonfinite_guard.load_state_dict(checkpoint.get("nonfinite_guard", {}))
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
-        scheduler = build_scheduler(
-            optimizer, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return step_schedule(self, self.optimizer_cfg, self.scheduler_cfg)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import nn
 
 SCHEDULES = ("poly", "cosine", "onecycle", "constant")
@@ -119,3 +120,11 @@ def as_scheduler(
     if isinstance(value, dict):
         return SchedulerConfig(**value)
     return value
+
+
+def step_schedule(module: Any, optimizer_cfg: Any, scheduler_cfg: Any) -> OptimizerLRScheduler:
+    """``configure_optimizers`` of every task: the optimizer over ``module``'s parameters and its
+    schedule, stepped every optimizer step over the trainer's estimated total."""
+    optimizer = build_optimizer(module.parameters(), optimizer_cfg)
+    scheduler = build_scheduler(optimizer, scheduler_cfg, int(module.trainer.estimated_stepping_batches))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

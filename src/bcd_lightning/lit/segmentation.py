@@ -17,9 +17,8 @@ from bcd_lightning.lit.optim import (
     SchedulerConfig,
     SchedulerFactory,
     as_scheduler,
-    build_optimizer,
-    build_scheduler,
     check_optimizer,
+    step_schedule,
 )
 from bcd_lightning.metrics import SegMetrics
 from bcd_lightning.models import SegModel, SegOutput
@@ -141,7 +140,4 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        optimizer = build_optimizer(self.parameters(), self.optimizer_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, self.scheduler_cfg, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return step_schedule(self, self.optimizer_cfg, self.scheduler_cfg)
