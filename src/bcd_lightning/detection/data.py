@@ -33,12 +33,39 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def make_target(boxes: Sequence[Sequence[float]], labels: Sequence[int], crowd: Sequence[int]) -> Target:
-    return {
+def make_target(
+    boxes: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    crowd: Sequence[int],
+    masks: Tensor | None = None,
+) -> Target:
+    """A torchvision target; ``masks`` (uint8 ``[N, H, W]``, instance segmentation) when given."""
+    target = {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": torch.tensor(labels, dtype=torch.int64),
         "iscrowd": torch.tensor(crowd, dtype=torch.int64),
     }
+    if masks is not None:
+        if masks.dim() != 3 or masks.shape[0] != target["labels"].numel():
+            raise ValueError(
+                f"instance masks must be [N, H, W] with N = {len(labels)}, got {tuple(masks.shape)}"
+            )
+        target["masks"] = masks.to(torch.uint8)
+    return target
+
+
+def boxes_from_masks(masks: Tensor) -> Tensor:
+    """Tight xyxy pixel boxes ``[N, 4]`` of binary masks ``[N, H, W]`` (each mask must be non-empty)."""
+    if masks.numel() == 0:
+        return torch.zeros(0, 4)
+    rows, cols = masks.any(2), masks.any(1)
+    h, w = masks.shape[-2:]
+    ar_h, ar_w = torch.arange(h), torch.arange(w)
+    y0 = torch.where(rows, ar_h, h).amin(1)
+    y1 = torch.where(rows, ar_h, -1).amax(1) + 1
+    x0 = torch.where(cols, ar_w, w).amin(1)
+    x1 = torch.where(cols, ar_w, -1).amax(1) + 1
+    return torch.stack([x0, y0, x1, y1], 1).float()
 
 
 def clip_boxes(target: Target, height: int, width: int) -> tuple[Target, int]:
@@ -54,12 +81,17 @@ def clip_boxes(target: Target, height: int, width: int) -> tuple[Target, int]:
 
 # --- embedded synthetic data -----------------------------------------------------------------------------
 class SyntheticDetection(Dataset):
-    """Visible blob instances of the embedded renderer (:mod:`bcd_lightning.data.synthetic`) as boxes.
+    """Visible blob instances of the embedded renderer (:mod:`bcd_lightning.data.synthetic`) as boxes
+    (and, with ``masks=True``, instance masks for Mask R-CNN).
 
     Two classes (``blob_a`` = 1, ``blob_b`` = 2). An instance is a connected region of one blob class
     after a morphological closing of ``close_radius`` px, which bridges the thin vessels drawn across a
-    blob (they would otherwise cut it into pieces); the box spans the class's own pixels in that region.
-    Regions under ``min_area`` px are dropped (slivers of an occluded blob). Seeded, offline, exact.
+    blob (they would otherwise cut it into pieces); its mask is the class's own pixels in that region and
+    its box spans them. Regions under ``min_area`` px are dropped (slivers of an occluded blob). The
+    vessels are stuff, not instances: they cross the whole image (a box ≈ the image) and are 1-3 px wide,
+    below what a 28x28 RoI mask resolves, so as instances they would measure mask resolution, not
+    distillation; they stay as occluders, and a blob a vessel cuts through has a mask of several
+    components, which is what the per-instance connectivity metric counts against. Seeded, offline, exact.
     """
 
     class_names: tuple[str, ...] = ("blob_a", "blob_b")
@@ -71,18 +103,20 @@ class SyntheticDetection(Dataset):
         seed: int = 0,
         close_radius: int = 2,
         min_area: int = 24,
+        masks: bool = False,
     ) -> None:
         self.seg = SyntheticSegmentation(num_samples, image_size, seed=seed, normalize=False, cache=True)
         self.close_radius = int(close_radius)
         self.min_area = int(min_area)
+        self.masks = bool(masks)
         self._targets: dict[int, Target] = {}
 
     def __len__(self) -> int:
         return len(self.seg)
 
     def instances(self, mask: Tensor) -> Target:
-        """Boxes of the visible blob instances in a class mask ``[H, W]``."""
-        boxes, labels = [], []
+        """Boxes (and masks when ``self.masks``) of the visible blob instances in a class mask ``[H, W]``."""
+        boxes, labels, pixels = [], [], []
         k = 2 * self.close_radius + 1
         for cls, label in ((BLOB_A, 1), (BLOB_B, 2)):
             own = (mask == cls)[None, None].float()
@@ -96,7 +130,9 @@ class SyntheticDetection(Dataset):
                 ys, xs = torch.nonzero(pix, as_tuple=True)
                 boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
                 labels.append(label)
-        return make_target(boxes, labels, [0] * len(labels))
+                pixels.append(pix)
+        stacked = torch.stack(pixels) if pixels else torch.zeros(0, *mask.shape, dtype=torch.bool)
+        return make_target(boxes, labels, [0] * len(labels), stacked if self.masks else None)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image, mask = self.seg.render_raw(index)

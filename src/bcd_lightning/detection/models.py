@@ -17,12 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision import models as tvm
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-ARCHS = ("faster_rcnn", "retinanet", "fcos")
+ARCHS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+#: Two-stage archs: an RPN and RoI heads on FPN levels "0".."3" + "pool" (no P6/P7).
+TWO_STAGE = ("faster_rcnn", "mask_rcnn")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 MOBILENETS = ("mobilenet_v3_small", "mobilenet_v3_large")
 
@@ -57,6 +60,10 @@ class DetectorConfig:
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
+    #: Mask R-CNN only: widths of the mask head's 3x3 convs on the 14x14 RoI features (torchvision's
+    #: default four 256-wide layers; the embedded presets use two narrow ones) and of its upsampling layer.
+    mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    mask_dim_reduced: int = 256
     extra: dict = field(default_factory=dict)  # passed to the detector class as keyword arguments
 
     def __post_init__(self) -> None:
@@ -67,6 +74,11 @@ class DetectorConfig:
         if self.arch == "fcos" and self.fpn_channels % 32:
             raise ValueError(
                 f"detector fpn_channels={self.fpn_channels}: FCOS's GroupNorm(32) needs a multiple of 32"
+            )
+        if not self.mask_head_layers or min(self.mask_head_layers) < 1 or self.mask_dim_reduced < 1:
+            raise ValueError(
+                f"detector mask_head_layers={self.mask_head_layers} / mask_dim_reduced={self.mask_dim_reduced}: "
+                "need at least one layer, every width >= 1"
             )
         if self.num_classes < 2:
             raise ValueError(f"detector num_classes={self.num_classes} must count the background (>= 2)")
@@ -112,7 +124,7 @@ def _mobilenet_body(cfg: DetectorConfig, p6p7: bool) -> BackboneWithFPN:
 
 
 def build_backbone(cfg: DetectorConfig) -> BackboneWithFPN:
-    p6p7 = cfg.arch != "faster_rcnn"
+    p6p7 = cfg.arch not in TWO_STAGE
     return _resnet_body(cfg, p6p7) if cfg.backbone in RESNETS else _mobilenet_body(cfg, p6p7)
 
 
@@ -137,8 +149,8 @@ def build_detector(cfg: DetectorConfig | Mapping[str, Any]) -> nn.Module:
     backbone = build_backbone(cfg)
     levels = _num_levels(backbone)
     common: dict[str, Any] = dict(min_size=cfg.min_size, max_size=cfg.max_size, **dict(cfg.extra))
-    if cfg.arch == "faster_rcnn":
-        return FasterRCNN(
+    if cfg.arch in TWO_STAGE:
+        model = (MaskRCNN if cfg.arch == "mask_rcnn" else FasterRCNN)(
             backbone,
             num_classes=cfg.num_classes,
             rpn_anchor_generator=_anchors(cfg, levels, (1.0,)),
@@ -151,6 +163,13 @@ def build_detector(cfg: DetectorConfig | Mapping[str, Any]) -> nn.Module:
             box_detections_per_img=cfg.detections_per_img,
             **common,
         )
+        if cfg.arch == "mask_rcnn":
+            # Replaced after construction: MaskRCNN only takes a custom predictor with num_classes=None.
+            layers = [int(x) for x in cfg.mask_head_layers]
+            heads = model.roi_heads
+            heads.mask_head = MaskRCNNHeads(backbone.out_channels, layers, 1)
+            heads.mask_predictor = MaskRCNNPredictor(layers[-1], cfg.mask_dim_reduced, cfg.num_classes)
+        return model
     if cfg.arch == "retinanet":
         return RetinaNet(
             backbone,
