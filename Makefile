@@ -30,6 +30,10 @@ train-detection: ## Detection: teacher -> baseline -> FitNet/CWD/PKD -> BCD -> o
 	$(BIN)/python -m bcd_lightning.detection.pipeline $(ARGS)
 .PHONY: train-detection
 
+train-instance: ## Instance seg. (Mask R-CNN): teacher -> baseline -> mask KD/CWD/PKD -> BCD -> one table (embedded, CPU)
+	$(BIN)/python -m bcd_lightning.detection.pipeline --task instance --jobs 2 $(ARGS)
+.PHONY: train-instance
+
 results: ## Regenerate docs/results.{md,csv,png}: the method comparison (same as make compare)
 	$(MAKE) compare ARGS="$(ARGS)"
 

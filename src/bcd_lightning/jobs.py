@@ -21,12 +21,30 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One run: ``bcd-train experiment=embedded/<stage> <overrides>`` writing into ``run_dir``."""
+    """One run: ``bcd-train experiment=embedded/<stage> <overrides>`` (or a detection task's) writing into
+    ``run_dir``."""
 
     name: str
     overrides: tuple[str, ...]
     run_dir: str
     stage: str = "baseline"
+    #: ``segmentation`` (``bcd-train``) or a detection task, ``detection`` | ``instance``
+    #: (``python -m bcd_lightning.detection.train experiment=<task>/<stage>``).
+    task: str = "segmentation"
+
+    def run(self) -> None:
+        """Compose this job's config as its pipeline's stages do and train it in this process."""
+        if self.task == "segmentation":
+            from bcd_lightning.pipeline import compose_stage
+            from bcd_lightning.train import train
+
+            train(compose_stage(self.stage, list(self.overrides), Path(self.run_dir)))
+        else:
+            from bcd_lightning.detection import pipeline
+            from bcd_lightning.detection import train as detection_train
+
+            cfg = pipeline.compose_stage(self.stage, list(self.overrides), Path(self.run_dir), self.task)
+            detection_train.train(cfg)
 
     @property
     def log(self) -> Path:
@@ -52,10 +70,7 @@ def run_job(job: TrainJob) -> JobResult:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
         try:
-            from bcd_lightning.pipeline import compose_stage
-            from bcd_lightning.train import train
-
-            train(compose_stage(job.stage, list(job.overrides), Path(job.run_dir)))
+            job.run()
             ok = True
         except Exception:  # the job fails, the comparison goes on (its log has the traceback)
             traceback.print_exc()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bcd_lightning.detection.pipeline import aggregate, results_markdown
-from bcd_lightning.detection.study import paired_difference, summarise, write_page
+from bcd_lightning.detection.pipeline import TASKS, aggregate, results_markdown
+from bcd_lightning.detection.study import summarise, write_page
 
 
 def row(model: str, seed: int, m: float) -> dict:
@@ -24,23 +24,16 @@ def row(model: str, seed: int, m: float) -> dict:
     }
 
 
-def test_paired_difference_hand_computed() -> None:
-    # Differences 0.1, 0.2, 0.3: mean 0.2, sample std 0.1, half-width t(0.975, 2) * 0.1 / sqrt(3).
-    mean, lo, hi = paired_difference([1.1, 1.2, 1.3], [1.0, 1.0, 1.0])
-    half = 4.303 * 0.1 / 3**0.5
-    assert mean == pytest.approx(0.2) and lo == pytest.approx(0.2 - half) and hi == pytest.approx(0.2 + half)
-
-
 def test_summary_pairs_by_seed_and_page(tmp_path: Path) -> None:
     rows = [row("teacher", 0, 0.5)] + [row("baseline", s, 0.2 + 0.01 * s) for s in range(3)]
     rows += [row("bcd", s, 0.25 + 0.01 * s) for s in (2, 0, 1)]  # any order: paired by seed
     summary = {r["model"]: r for r in summarise(rows)}
     assert "d_map" not in summary["teacher"] and "d_map" not in summary["baseline"]
-    assert summary["bcd"]["d_map"] == pytest.approx(0.05)
-    assert summary["bcd"]["d_map_lo"] == pytest.approx(0.05)  # identical differences: a zero-width interval
+    assert summary["bcd"]["d_map"].mean == pytest.approx(0.05)
+    assert summary["bcd"]["d_map"].low == pytest.approx(0.05)  # identical differences: a zero-width interval
     write_page(rows, 60.0, "cmd", tmp_path)
     page = (tmp_path / "results_detection.md").read_text()
-    assert "+5.0 [+5.0, +5.0]" in page and (tmp_path / "results_detection.png").is_file()
+    assert "+5.0 [+5.0, +5.0], p=0.00 **significant**" in page and (tmp_path / "results_detection.png").is_file()
     assert len((tmp_path / "results_detection.csv").read_text().splitlines()) == 1 + len(rows)
 
 
@@ -61,3 +54,34 @@ def test_merge_results_keeps_one_teacher_and_the_chosen_students() -> None:
     assert seconds == 15
     with pytest.raises(ValueError, match="appears in two runs"):
         merge_results([first, first], ["none"])
+
+
+def instance_row(model: str, seed: int, mask: float, conn: float) -> dict:
+    return {
+        **row(model, seed, mask + 0.1),
+        "mask_map": mask,
+        "mask_map_50": mask,
+        "mask_map_75": mask,
+        "boundary_map": mask / 2,
+        "conn_error": conn,
+        "broken_rate": conn / 2,
+    }
+
+
+def test_instance_page_holm_corrects_over_methods(tmp_path: Path) -> None:
+    # Two methods vs the baseline over 3 seeds. a: differences +0.01, +0.02, +0.03 (mean 0.02, sd 0.01,
+    # t = 0.02 / (0.01 / sqrt 3) = 3.464, two-sided p(df 2) = 0.0742); b: differences 0.10, 0.11, 0.12
+    # (t = 19.05, p = 0.00274). Holm: b's p x 2 = 0.0055, a's max(0.0055, 0.0742 x 1) = 0.0742.
+    base = [instance_row("baseline", s, 0.30, 0.5) for s in range(3)]
+    a = [instance_row("a", s, 0.30 + 0.01 * (s + 1), 0.5) for s in range(3)]
+    b = [instance_row("b", s, 0.40 + 0.01 * s, 0.4) for s in range(3)]
+    summary = {r["model"]: r for r in summarise(base + a + b, TASKS["instance"])}
+    assert summary["a"]["p_mask_map"] == pytest.approx(0.0742, abs=5e-4)
+    assert summary["b"]["p_mask_map"] == pytest.approx(2 * 0.00274, abs=5e-4)
+    write_page([instance_row("teacher", 0, 0.6, 0.1), *base, *a, *b], 60.0, "cmd", tmp_path, task="instance")
+    page = (tmp_path / "results_instance.md").read_text()
+    assert "| a | +2.0 [" in page and "p=0.07 not significant" in page
+    assert "p=0.01 **significant**" in page
+    assert "conn. err" in page and "Boundary AP" in page
+    header = (tmp_path / "results_instance.csv").read_text().splitlines()[0]
+    assert header.startswith("model,seed,params,ms_per_image,mask_map,map,boundary_map,conn_error,broken_rate")

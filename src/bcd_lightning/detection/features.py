@@ -23,26 +23,73 @@ from torchvision.models.detection.image_list import ImageList
 from bcd_lightning.models.teacher import TeacherLoadError, load_checkpoint_file
 
 
+def has_mask_head(detector: nn.Module) -> bool:
+    """Whether a torchvision detector has RoI mask heads (Mask R-CNN)."""
+    heads = getattr(detector, "roi_heads", None)
+    return heads is not None and getattr(heads, "mask_predictor", None) is not None
+
+
+@dataclass
+class MaskRoIs:
+    """The student's positive RoIs of one training step (the ones its mask loss trains on) with both
+    models' mask-head outputs on them: ``logits`` ``[N, 28, 28]`` of each RoI's assigned class channel,
+    ``features`` ``[N, C, 14, 14]`` the mask head's last conv output (the RoIAlign'ed FPN features after
+    the head's convs). The student's carry their graph; the teacher's have none."""
+
+    student_logits: Tensor
+    teacher_logits: Tensor
+    student_features: Tensor
+    teacher_features: Tensor
+    labels: Tensor
+
+
 class FeatureTap:
     """Forward hooks on ``detector.transform`` and ``detector.backbone`` keeping the last batch's
-    ``ImageList`` and FPN levels (with their graph: the losses backpropagate into the student)."""
+    ``ImageList``, transformed targets and FPN levels (with their graph: the losses backpropagate into
+    the student). With ``rois=True`` (Mask R-CNN) also the mask branch's inputs and outputs of the training
+    forward: a pre-hook on ``roi_heads.mask_roi_pool`` captures the positive proposals it receives, forward
+    hooks the mask head's features and the predictor's logits."""
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: nn.Module, rois: bool = False) -> None:
         self.image_list: ImageList | None = None
+        self.targets: list[dict[str, Tensor]] | None = None
         self.features: OrderedDict[str, Tensor] | None = None
+        self.proposals: list[Tensor] | None = None
+        self.mask_features: Tensor | None = None
+        self.mask_logits: Tensor | None = None
+        self.rois = bool(rois)
         self._handles: list[RemovableHandle] = [
             detector.get_submodule("transform").register_forward_hook(self._on_transform),
             detector.get_submodule("backbone").register_forward_hook(self._on_backbone),
         ]
+        if rois:
+            if not has_mask_head(detector):
+                raise ValueError("FeatureTap(rois=True) needs a detector with mask heads (arch mask_rcnn)")
+            heads = detector.get_submodule("roi_heads")
+            self._handles += [
+                heads.get_submodule("mask_roi_pool").register_forward_pre_hook(self._on_mask_pool),
+                heads.get_submodule("mask_head").register_forward_hook(self._on_mask_head),
+                heads.get_submodule("mask_predictor").register_forward_hook(self._on_mask_predictor),
+            ]
 
     def _on_transform(self, module: nn.Module, args: tuple, output: tuple) -> None:
-        self.image_list = output[0]
+        self.image_list, self.targets = output[0], output[1]
 
     def _on_backbone(self, module: nn.Module, args: tuple, output: Mapping[str, Tensor]) -> None:
         self.features = OrderedDict(output)
 
+    def _on_mask_pool(self, module: nn.Module, args: tuple) -> None:
+        self.proposals = list(args[1])  # (features, proposals, image_shapes)
+
+    def _on_mask_head(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        self.mask_features = output
+
+    def _on_mask_predictor(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        self.mask_logits = output
+
     def clear(self) -> None:
-        self.image_list, self.features = None, None
+        self.image_list, self.targets, self.features = None, None, None
+        self.proposals, self.mask_features, self.mask_logits = None, None, None
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -89,6 +136,20 @@ class FrozenDetector(nn.Module):
         """The teacher's FPN levels for the student's padded batch tensor, no graph."""
         with torch.no_grad():
             return OrderedDict(self.model.get_submodule("backbone")(tensors))
+
+    def mask_outputs(
+        self,
+        features: Mapping[str, Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> tuple[Tensor, Tensor]:
+        """The teacher's mask head on given RoIs (the student's proposals) of its own FPN levels, no graph:
+        ``(features [N, C, 14, 14], logits [N, K, 28, 28])``."""
+        heads = self.model.get_submodule("roi_heads")
+        with torch.no_grad():
+            pooled = heads.get_submodule("mask_roi_pool")(dict(features), list(proposals), list(image_sizes))
+            feats = heads.get_submodule("mask_head")(pooled)
+            return feats, heads.get_submodule("mask_predictor")(feats)
 
     def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """Full detection forward (eval): used once to score the teacher, never inside a training step."""
@@ -176,3 +237,34 @@ def paired_levels(
         )
 
     return levels(s), levels(t)
+
+
+def positive_labels(
+    detector: nn.Module, proposals: Sequence[Tensor], targets: Sequence[dict[str, Tensor]]
+) -> Tensor:
+    """The class label of each positive proposal (concatenated over images), by the detector's own
+    proposal-to-ground-truth matching: the labels its mask loss selects the logit channel with."""
+    heads = detector.get_submodule("roi_heads")
+    gt_boxes = [t["boxes"] for t in targets]
+    gt_labels = [t["labels"] for t in targets]
+    _, labels = heads.assign_targets_to_proposals(list(proposals), gt_boxes, gt_labels)  # type: ignore[operator]
+    return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+
+
+def mask_rois(
+    tap: FeatureTap, student: nn.Module, teacher: FrozenDetector, teacher_levels: Mapping[str, Tensor]
+) -> MaskRoIs:
+    """Both models' mask-head outputs on the student's positive RoIs of the step ``tap`` captured."""
+    if tap.proposals is None or tap.mask_logits is None or tap.mask_features is None or tap.targets is None:
+        raise RuntimeError("mask_rois: the student's training forward did not run its mask branch")
+    assert tap.image_list is not None
+    labels = positive_labels(student, tap.proposals, tap.targets)
+    t_feats, t_logits = teacher.mask_outputs(teacher_levels, tap.proposals, tap.image_list.image_sizes)
+    index = torch.arange(labels.numel(), device=labels.device)
+    return MaskRoIs(
+        student_logits=tap.mask_logits[index, labels],
+        teacher_logits=t_logits[index, labels],
+        student_features=tap.mask_features,
+        teacher_features=t_feats,
+        labels=labels,
+    )

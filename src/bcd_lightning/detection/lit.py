@@ -25,10 +25,12 @@ from bcd_lightning.detection.features import (
     FrozenDetector,
     backbone_channels,
     by_stride,
+    has_mask_head,
+    mask_rois,
     paired_levels,
 )
-from bcd_lightning.detection.losses import DetectionLoss
-from bcd_lightning.detection.metrics import DetectionMetrics
+from bcd_lightning.detection.losses import DetectionLoss, MaskRoILoss
+from bcd_lightning.detection.metrics import DetectionMetrics, metrics_for
 from bcd_lightning.distill.schedules import WeightSchedule, as_schedule, scheduled_weight
 from bcd_lightning.lit.nonfinite import NonFiniteGuard
 from bcd_lightning.lit.optim import (
@@ -45,25 +47,29 @@ from bcd_lightning.lit.optim import (
 class DetectionTerm:
     """One ``distill.losses`` entry: the loss, its weight and its schedule (as in segmentation)."""
 
-    loss: DetectionLoss
+    loss: DetectionLoss | MaskRoILoss
     weight: float = 1.0
     schedule: WeightSchedule | Mapping[str, Any] | None = None
 
 
 def drop_crowd(target: Target) -> Target:
-    """The target without crowd boxes (they are for the metric only)."""
+    """The target without crowd instances (they are for the metric only); masks kept when present."""
     keep = (
         target["iscrowd"] == 0 if "iscrowd" in target else torch.ones_like(target["labels"], dtype=torch.bool)
     )
-    return {"boxes": target["boxes"][keep], "labels": target["labels"][keep]}
+    return {k: target[k][keep] for k in ("boxes", "labels", "masks") if k in target}
 
 
 class DetectionModule(L.LightningModule):
-    """Trains a torchvision detector; with ``teacher`` and ``losses`` it distils on stride-paired levels.
+    """Trains a torchvision detector; with ``teacher`` and ``losses`` it distils on stride-paired levels
+    and, for Mask R-CNN, on the student's positive RoIs.
 
     Each step: the student's own training forward (its loss dict), hooks capture its ``ImageList`` and
     FPN levels, the teacher runs only its backbone on ``image_list.tensors`` (no grad, eval), and every
-    loss term reads the paired levels. Logs ``train/loss/<name>`` raw and ``_weighted``, val/test box mAP.
+    level loss reads the paired levels. Object-level losses (:class:`MaskRoILoss`) read
+    :class:`~.features.MaskRoIs`: the teacher's mask head on the proposals the student's mask branch
+    trained on. Logs ``train/loss/<name>`` raw and ``_weighted``, val/test box mAP (and mask / Boundary AP
+    and connectivity for Mask R-CNN; ``primary_metric`` names the one checkpoints select on).
     ``optimizer`` and ``scheduler`` are those of :class:`~bcd_lightning.lit.SegmentationModule`.
     """
 
@@ -94,11 +100,21 @@ class DetectionModule(L.LightningModule):
         if teacher is not None:
             self.strides = self._paired_strides(model, teacher.model)
         schedules = {}
+        rois = any(isinstance(t.loss, MaskRoILoss) for t in terms.values())
         for name, term in terms.items():
-            if not isinstance(term.loss, DetectionLoss):
-                raise TypeError(f"distill.losses.{name}.loss must be a DetectionLoss, got {type(term.loss)}")
+            if not isinstance(term.loss, DetectionLoss | MaskRoILoss):
+                raise TypeError(
+                    f"distill.losses.{name}.loss must be a DetectionLoss or MaskRoILoss, got {type(term.loss)}"
+                )
             try:
                 assert teacher is not None
+                if isinstance(term.loss, MaskRoILoss) and not (
+                    has_mask_head(model) and has_mask_head(teacher.model)
+                ):
+                    raise ValueError(
+                        "an object-level (mask RoI) loss needs Mask R-CNN student and teacher "
+                        "(detection.student.model.arch and detection.teacher.model.arch = mask_rcnn)"
+                    )
                 term.loss.bind(backbone_channels(model), backbone_channels(teacher.model), self.strides)
                 for s in term.loss.strides or []:
                     if s not in self.strides:
@@ -115,11 +131,13 @@ class DetectionModule(L.LightningModule):
         self.optimizer_cfg = optimizer  # a `_partial_` torch optimizer (None: lit.optim.DEFAULT_OPTIMIZER)
         self.scheduler_cfg = as_scheduler(dict(scheduler) if isinstance(scheduler, Mapping) else scheduler)
         self.nonfinite_guard = NonFiniteGuard(nonfinite)
-        self.tap = FeatureTap(model) if terms else None
+        self.tap = FeatureTap(model, rois=rois) if terms else None
+        self.masks = has_mask_head(model)
+        self.primary_metric = "mask_map" if self.masks else "map"
         self.teacher_val_map: float | None = None
         self.save_hyperparameters({"class_names": self.class_names, "config": dict(config or {})})
-        self.val_metrics = DetectionMetrics(self.class_names)
-        self.test_metrics = DetectionMetrics(self.class_names)
+        self.val_metrics = metrics_for(self.class_names, self.masks)
+        self.test_metrics = metrics_for(self.class_names, self.masks)
 
     @staticmethod
     def _paired_strides(student: nn.Module, teacher: nn.Module, size: int = 128) -> list[int]:
@@ -147,7 +165,7 @@ class DetectionModule(L.LightningModule):
         if self.teacher is None:
             return
         self.teacher.train(False)
-        metric = DetectionMetrics(self.class_names)
+        metric = metrics_for(self.class_names, has_mask_head(self.teacher.model))
         datamodule = getattr(self.trainer, "datamodule", None)  # attached by fit(), not a declared attribute
         if datamodule is None:
             raise RuntimeError(
@@ -156,8 +174,10 @@ class DetectionModule(L.LightningModule):
         for images, targets in datamodule.val_dataloader():
             images = [i.to(self.device) for i in images]
             metric.update([{k: v.cpu() for k, v in p.items()} for p in self.teacher(images)], targets)
-        self.teacher_val_map = metric.compute()[0]["map"]
-        Console().print(f"[bold]Teacher val box mAP before fitting: {self.teacher_val_map:.4f}[/bold]")
+        self.teacher_val_map = metric.compute()[0][self.primary_metric]
+        Console().print(
+            f"[bold]Teacher val {self.primary_metric} before fitting: {self.teacher_val_map:.4f}[/bold]"
+        )
 
     # --- training -----------------------------------------------------------------------------------
     def weight_at(self, name: str, step: int) -> float:
@@ -184,10 +204,11 @@ class DetectionModule(L.LightningModule):
             image_list = self.tap.image_list
             teacher_feats = self.teacher.backbone_features(image_list.tensors)
             s_levels, t_levels = paired_levels(self.tap.features, teacher_feats, image_list, self.strides)
+            rois = mask_rois(self.tap, self.model, self.teacher, teacher_feats) if self.tap.rois else None
             for name, loss in self.distill_losses.items():
                 weight = self.weight_at(name, self.global_step)
                 # Computed even at weight 0 (warm-up): adapters then get a zero gradient, which DDP needs.
-                raw = loss(s_levels, t_levels)
+                raw = loss(rois) if isinstance(loss, MaskRoILoss) else loss(s_levels, t_levels)
                 raw_terms[name] = raw
                 self.log(f"train/weight/{name}", weight, on_step=True, on_epoch=False, batch_size=n)
                 self.log(f"train/loss/{name}", raw, on_step=True, on_epoch=True, batch_size=n)
@@ -219,9 +240,9 @@ class DetectionModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         summary, _ = self.val_metrics.compute()
         for key, value in summary.items():
-            self.log(f"val/{key}", value, prog_bar=key == "map")
+            self.log(f"val/{key}", value, prog_bar=key == self.primary_metric)
         if self.teacher_val_map is not None:
-            self.log("val/teacher_map", self.teacher_val_map)
+            self.log(f"val/teacher_{self.primary_metric}", self.teacher_val_map)
         self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:

@@ -7,6 +7,9 @@ channel adapters build them in :meth:`DetectionLoss.bind` from the two FPN width
 
 Reductions (docs/method.md, "Detection"): the BCD terms average over levels (as in segmentation); the
 baselines sum over levels, the peers' convention (mmrazor: one CWD loss per FPN level, PKD summed).
+
+Object-level losses (Mask R-CNN) derive from :class:`MaskRoILoss` instead: they read
+:class:`~.features.MaskRoIs`, both models' mask-head outputs on the student's positive RoIs.
 """
 
 from __future__ import annotations
@@ -17,8 +20,15 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from bcd_lightning.detection.features import Levels
-from bcd_lightning.distill.functional import boundary_map, masked_mean, self_relation_kl
+from bcd_lightning.detection.features import Levels, MaskRoIs
+from bcd_lightning.distill.functional import (
+    boundary_map,
+    boundary_weighted_kd,
+    fused_boundary_map,
+    masked_mean,
+    pixel_kd,
+    self_relation_kl,
+)
 
 
 class DetectionLoss(nn.Module):
@@ -194,3 +204,87 @@ class PKDLevels(DetectionLoss):
             diff = _standardise(fs.float(), valid) - _standardise(ft.float(), valid)
             total.append(masked_mean(diff.square().mean(1), valid) / 2)
         return torch.stack(total).sum()
+
+
+# --- object level: the mask branch on the student's positive RoIs (Mask R-CNN) ----------------------------
+class MaskRoILoss(nn.Module):
+    """Base of the object-level losses: ``forward(rois: MaskRoIs) -> scalar``; no adapters (channel-free
+    or on logits). A step without positive RoIs gives 0 with a graph (DDP needs every parameter used)."""
+
+    uses: ClassVar[frozenset[str]] = frozenset({"rois"})
+    strides: list[int] | None = None
+
+    def bind(self, student_channels: int, teacher_channels: int, strides: Sequence[int]) -> None:
+        """Nothing to build: the object-level losses need no adapter."""
+
+    def forward(self, rois: MaskRoIs) -> Tensor:
+        raise NotImplementedError
+
+
+def binary_logits(logits: Tensor) -> Tensor:
+    """``[N, h, w]`` mask logits z as two-class logits ``[N, 2, h, w]`` = (z, 0): their softmax at τ is
+    (σ(z/τ), 1 − σ(z/τ)), so the pixel KL of segmentation is exactly the Bernoulli KL of the masks."""
+    return torch.stack([logits, torch.zeros_like(logits)], 1)
+
+
+def _empty(rois: MaskRoIs) -> Tensor | None:
+    if rois.student_logits.shape[0] == 0:
+        return rois.student_logits.sum() * 0.0 + rois.student_features.sum() * 0.0
+    return None
+
+
+class MaskKD(MaskRoILoss):
+    """Mask-logit KD (baseline): ``τ² mean_{n, p} KL(σ(z_T/τ) ‖ σ(z_S/τ))`` over the student's positive
+    RoIs and the 28x28 positions of each RoI's assigned class channel (Bernoulli KL per pixel)."""
+
+    def __init__(self, tau: float = 1.0) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"mask KD tau must be > 0, got {tau}")
+        self.tau = float(tau)
+
+    def forward(self, rois: MaskRoIs) -> Tensor:
+        empty = _empty(rois)
+        if empty is not None:
+            return empty
+        return pixel_kd(binary_logits(rois.student_logits), binary_logits(rois.teacher_logits), self.tau)
+
+
+class BoundaryMaskKD(MaskKD):
+    """BCD at the object level, boundary term: mask-logit KD weighted by the teacher's boundary map of its
+    RoI features, ``τ² Σ_{n,p} w_np KL_np / Σ_{n,p} w_np`` with ``w_n`` = :func:`boundary_map` of the
+    teacher's 14x14 mask-head features of RoI n, bilinearly resized to 28x28 (segmentation's
+    boundary-weighted KD, per object)."""
+
+    def __init__(self, tau: float = 1.0, dilation: int = 1) -> None:
+        super().__init__(tau)
+        self.dilation = int(dilation)
+
+    def forward(self, rois: MaskRoIs) -> Tensor:
+        empty = _empty(rois)
+        if empty is not None:
+            return empty
+        weight = fused_boundary_map([rois.teacher_features], rois.student_logits.shape[-2:], self.dilation)
+        return boundary_weighted_kd(
+            binary_logits(rois.student_logits), binary_logits(rois.teacher_logits), weight, self.tau
+        )
+
+
+class RoIContext(MaskRoILoss):
+    """BCD at the object level, context term: inside each positive RoI, the self-relation KL
+    ``τ² mean_i KL(R_i^T ‖ R_i^S)`` of the mask-head features (14x14, area-pooled to ``grid``: 7x7 = 49
+    nodes by default), averaged over RoIs (channel-free: student and teacher widths may differ)."""
+
+    def __init__(self, tau: float = 1.0, grid: Sequence[int] = (7, 7)) -> None:
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"RoI context tau must be > 0, got {tau}")
+        if len(grid) != 2 or min(grid) < 1:
+            raise ValueError(f"RoI context grid must be two sizes >= 1, got {list(grid)}")
+        self.tau, self.grid = float(tau), (int(grid[0]), int(grid[1]))
+
+    def forward(self, rois: MaskRoIs) -> Tensor:
+        empty = _empty(rois)
+        if empty is not None:
+            return empty
+        return self_relation_kl(rois.student_features, rois.teacher_features, self.tau, grid=self.grid)

@@ -1,10 +1,12 @@
-"""``make train-detection``: detection teacher → baseline → KD family → BCD → one table (embedded data).
+"""``make train-detection`` / ``make train-instance``: teacher → baseline → KD family → BCD → one table.
 
-Every stage is a ``python -m bcd_lightning.detection.train`` run composed from ``experiment=detection/
-teacher`` or ``experiment=detection/student detection/distill=<method>``; extra arguments are Hydra
-overrides for every stage. The teacher is trained once and reused while its checkpoint exists. Each row
-scores the run's best checkpoint on the test split: box mAP, AP50, AP75, parameters and the median CPU
-time of one test image (batch 1, ``threads`` of the config).
+Every stage is a ``python -m bcd_lightning.detection.train`` run composed from ``experiment=<task>/teacher``
+or ``experiment=<task>/student detection/distill=<method>``, ``<task>`` = ``detection`` (Faster R-CNN, box
+AP) or ``instance`` (Mask R-CNN: box, mask and Boundary AP, per-instance connectivity); extra arguments are
+Hydra overrides for every stage. The teacher is trained once and reused while its checkpoint exists; the
+students run in ``--jobs`` worker processes (a failed one is reported and the others go on). Each row scores
+the run's best checkpoint on the test split, once and the same way for all rows, plus parameters and the
+median CPU time of one test image (batch 1, ``threads`` of the config).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,21 +29,75 @@ from rich.console import Console
 from rich.table import Table
 
 from bcd_lightning.builders import plain
-from bcd_lightning.detection.metrics import DetectionMetrics
+from bcd_lightning.detection.metrics import metrics_for
 from bcd_lightning.detection.models import build_detector, count_parameters
 from bcd_lightning.detection.train import build_datamodule, train
+from bcd_lightning.jobs import JobResult, TrainJob, run_jobs
 from bcd_lightning.models.teacher import load_checkpoint_file
 from bcd_lightning.utils.run_dir import atomic_write_text
 
-DEFAULT_STUDENTS = ("none", "fitnet", "cwd", "pkd", "bcd")
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column: run-record key, header, display scale (100: AP as %) and decimals."""
+
+    key: str
+    header: str
+    scale: float = 100.0
+    digits: int = 1
+
+    def cell(self, value: float) -> str:
+        return f"{self.scale * value:.{self.digits}f}"
 
 
-def compose_stage(stage: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """``teacher`` or a ``detection/distill`` option (``none`` = the baseline student)."""
+@dataclass(frozen=True)
+class Task:
+    """What differs between the detection tasks' pipelines: experiments, default students, columns."""
+
+    name: str
+    students: tuple[str, ...]
+    columns: tuple[Column, ...]  # the first is the primary metric (its std over seeds is shown)
+    title: str
+
+
+TASKS = {
+    "detection": Task(
+        "detection",
+        ("none", "fitnet", "cwd", "pkd", "bcd"),
+        (Column("map", "mAP"), Column("map_50", "AP50"), Column("map_75", "AP75")),
+        "Embedded detection benchmark — test split (box AP %, COCO protocol)",
+    ),
+    "instance": Task(
+        "instance",
+        ("none", "mask_kd", "cwd", "pkd", "bcd_instance"),
+        (
+            Column("mask_map", "mask AP"),
+            Column("map", "box AP"),
+            Column("boundary_map", "Boundary AP"),
+            Column("conn_error", "conn. err", scale=1.0, digits=3),
+            Column("broken_rate", "broken %"),
+        ),
+        "Embedded instance segmentation — test split (AP %, COCO protocol; connectivity per matched instance)",
+    ),
+}
+DEFAULT_STUDENTS = TASKS["detection"].students
+
+
+def task_spec(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"task {name!r} is not one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def compose_stage(
+    stage: str, overrides: Sequence[str], output_dir: Path, task: str = "detection"
+) -> DictConfig:
+    """``teacher`` or a ``detection/distill`` option (``none`` = the baseline student) of ``task``."""
+    task_spec(task)
     # test=false: the pipeline scores every best checkpoint itself (once, the same way for all rows).
     head = ["test=false"]
-    head += ["experiment=detection/teacher"] if stage == "teacher" else [
-        "experiment=detection/student",
+    head += [f"experiment={task}/teacher"] if stage == "teacher" else [
+        f"experiment={task}/student",
         f"detection/distill={stage}",
     ]  # fmt: skip
     with initialize_config_module("bcd_lightning.conf", version_base="1.3"):
@@ -48,7 +106,8 @@ def compose_stage(stage: str, overrides: Sequence[str], output_dir: Path) -> Dic
 
 @torch.no_grad()
 def score_checkpoint(cfg: DictConfig, ckpt: Path, model_cfg: DictConfig, label: str) -> dict[str, Any]:
-    """Test-split box mAP, parameter count and CPU latency of the detector stored in ``ckpt``."""
+    """Test-split AP (box; mask, Boundary AP and connectivity for Mask R-CNN), parameter count and CPU
+    latency of the detector stored in ``ckpt``."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     model = build_detector(plain(model_cfg))
@@ -56,7 +115,7 @@ def score_checkpoint(cfg: DictConfig, ckpt: Path, model_cfg: DictConfig, label: 
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     model.eval()
     datamodule = build_datamodule(cfg)
-    metric = DetectionMetrics(datamodule.class_names)
+    metric = metrics_for(datamodule.class_names, masks=model_cfg.arch == "mask_rcnn")
     times = []
     for images, targets in datamodule.test_dataloader():
         metric.update(model(images), targets)
@@ -78,95 +137,135 @@ def score_checkpoint(cfg: DictConfig, ckpt: Path, model_cfg: DictConfig, label: 
 
 def run_pipeline(
     overrides: Sequence[str] = (),
-    students: Sequence[str] = DEFAULT_STUDENTS,
+    students: Sequence[str] | None = None,
     retrain_teacher: bool = False,
     out_dir: Path | None = None,
     seeds: Sequence[int] = (0,),
+    task: str = "detection",
+    n_jobs: int = 1,
 ) -> list[dict[str, Any]]:
+    """Teacher (unless reused), then every student × seed in ``n_jobs`` workers, then one scored table.
+    Exits with status 1 after the table when a student run failed (its log has the traceback)."""
+    spec = task_spec(task)
+    students = list(students or spec.students)
     console = Console()
     start = time.perf_counter()
-    probe = compose_stage("teacher", overrides, Path("unused"))
+    probe = compose_stage("teacher", overrides, Path("unused"), task)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-    out_dir = (out_dir or Path(probe.paths.log_dir) / "pipeline_detection" / stamp).resolve()
+    out_dir = (out_dir or Path(probe.paths.log_dir) / f"pipeline_{task}" / stamp).resolve()
     teacher_ckpt = Path(probe.detection.teacher.ckpt)
     if teacher_ckpt.is_file() and not retrain_teacher:
-        console.print(f"[bold]Reusing the detection teacher {teacher_ckpt}[/bold] (--retrain-teacher: anew)")
+        console.print(f"[bold]Reusing the {task} teacher {teacher_ckpt}[/bold] (--retrain-teacher: anew)")
     else:
-        console.rule("[bold]detection teacher")
-        train(compose_stage("teacher", overrides, out_dir / "teacher"))
+        console.rule(f"[bold]{task} teacher")
+        train(compose_stage("teacher", overrides, out_dir / "teacher", task))
     rows = [{**score_checkpoint(probe, teacher_ckpt, probe.detection.teacher.model, "teacher"), "seed": 0}]
-    for stage in students:
-        for seed in seeds:
-            console.rule(f"[bold]{stage} student, seed {seed}")
-            cfg = compose_stage(stage, [*overrides, f"seed={seed}"], out_dir / f"{stage}_seed{seed}")
-            result = train(cfg)
-            label = str(cfg.detection.distill.name)
-            row = score_checkpoint(cfg, Path(result["best_model_path"]), cfg.detection.student.model, label)
-            rows.append({**row, "seed": seed})
+    jobs = [
+        TrainJob(
+            f"{stage} seed {seed}",
+            (*overrides, f"seed={seed}"),
+            str(out_dir / f"{stage}_seed{seed}"),
+            stage,
+            task,
+        )
+        for stage in students
+        for seed in seeds
+    ]
+    console.rule(f"[bold]{len(jobs)} student runs on {max(1, min(n_jobs, len(jobs)))} worker(s)")
+
+    def progress(result: JobResult) -> None:
+        state = "done" if result.ok else f"[red]FAILED[/red] (log: {result.job.log})"
+        console.print(f"{result.job.name}: {state} in {result.seconds:.0f} s")
+
+    results = run_jobs(jobs, n_jobs, progress)
+    failed = [r for r in results if not r.ok]
+    by_name = {r.job.name: r for r in results}
+    for job in jobs:  # scored in a fixed order, one after another (latency on an otherwise idle process)
+        if not by_name[job.name].ok:
+            continue
+        cfg = compose_stage(job.stage, list(job.overrides), Path(job.run_dir), task)
+        record = json.loads((Path(job.run_dir) / "metrics.json").read_text())
+        label = str(cfg.detection.distill.name)
+        row = score_checkpoint(cfg, Path(record["best_model_path"]), cfg.detection.student.model, label)
+        rows.append({**row, "seed": int(cfg.seed)})
     elapsed = time.perf_counter() - start
-    report(rows, out_dir, elapsed, console)
+    report(rows, out_dir, elapsed, console, spec)
+    if failed:
+        console.print(f"[red]{len(failed)} student run(s) failed:[/red]")
+        for r in failed:
+            console.print(f"  {r.job.name}: see {r.job.log}")
+        sys.exit(1)
     return rows
 
 
-HEADER = ["model", "arch", "params", "ms/img", "seeds", "mAP", "AP50", "AP75"]
+def header(spec: Task) -> list[str]:
+    return ["model", "arch", "params", "ms/img", "seeds", *(c.header for c in spec.columns)]
 
 
-def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per model: means over seeds (and the sample std of mAP when there are several)."""
+def aggregate(rows: Sequence[dict[str, Any]], spec: Task = TASKS["detection"]) -> list[dict[str, Any]]:
+    """One entry per model: means over seeds (and the sample std of the primary metric when there are several)."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["model"], []).append(r)
+    primary = spec.columns[0].key
     out = []
     for name, runs in by.items():
-        maps = [r["map"] for r in runs]
-        out.append(
-            {
-                "model": name,
-                "arch": runs[0]["arch"],
-                "params": runs[0]["params"],
-                "ms_per_image": statistics.mean(r["ms_per_image"] for r in runs),
-                "seeds": len(runs),
-                "map": statistics.mean(maps),
-                "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
-                "map_50": statistics.mean(r["map_50"] for r in runs),
-                "map_75": statistics.mean(r["map_75"] for r in runs),
-            }
-        )
+        firsts = [r[primary] for r in runs]
+        entry = {
+            "model": name,
+            "arch": runs[0]["arch"],
+            "params": runs[0]["params"],
+            "ms_per_image": statistics.mean(r["ms_per_image"] for r in runs),
+            "seeds": len(runs),
+            f"{primary}_std": statistics.stdev(firsts) if len(firsts) > 1 else 0.0,
+        }
+        entry.update({c.key: statistics.mean(r[c.key] for r in runs) for c in spec.columns})
+        out.append(entry)
     return out
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
-    m = f"{100 * r['map']:.1f}" + (f" ± {100 * r['map_std']:.1f}" if r["seeds"] > 1 else "")
+def _cells(r: dict[str, Any], spec: Task) -> list[str]:
+    first, *rest = spec.columns
+    primary = first.cell(r[first.key]) + (f" ± {first.cell(r[f'{first.key}_std'])}" if r["seeds"] > 1 else "")
     return [
         r["model"],
         r["arch"],
         f"{r['params'] / 1e6:.2f}M",
         f"{r['ms_per_image']:.1f}",
         str(r["seeds"]),
-        m,
-        f"{100 * r['map_50']:.1f}",
-        f"{100 * r['map_75']:.1f}",
+        primary,
+        *(c.cell(r[c.key]) for c in rest),
     ]
 
 
-def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    return "\n".join(lines + ["| " + " | ".join(_cells(r)) + " |" for r in aggregate(rows)]) + "\n"
+def results_markdown(rows: Sequence[dict[str, Any]], spec: Task = TASKS["detection"]) -> str:
+    head = header(spec)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return (
+        "\n".join(lines + ["| " + " | ".join(_cells(r, spec)) + " |" for r in aggregate(rows, spec)]) + "\n"
+    )
 
 
-def report(rows: Sequence[dict[str, Any]], out_dir: Path, elapsed: float, console: Console) -> None:
-    table = Table(title="Embedded detection benchmark — test split (box AP %, COCO protocol)")
-    for col in HEADER:
+def report(
+    rows: Sequence[dict[str, Any]],
+    out_dir: Path,
+    elapsed: float,
+    console: Console,
+    spec: Task = TASKS["detection"],
+) -> None:
+    table = Table(title=spec.title)
+    for col in header(spec):
         table.add_column(col, justify="left" if col in ("model", "arch") else "right")
-    for r in aggregate(rows):
-        table.add_row(*_cells(r))
-    Console(width=max(console.width, 120)).print(table)
+    for r in aggregate(rows, spec):
+        table.add_row(*_cells(r, spec))
+    Console(width=max(console.width, 140)).print(table)
     console.print(f"Pipeline time: {elapsed / 60:.1f} min. Results in {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
-        out_dir / "results.json", json.dumps({"rows": list(rows), "seconds": elapsed}, indent=2)
+        out_dir / "results.json",
+        json.dumps({"task": spec.name, "rows": list(rows), "seconds": elapsed}, indent=2),
     )
-    atomic_write_text(out_dir / "results.md", results_markdown(rows))
+    atomic_write_text(out_dir / "results.md", results_markdown(rows, spec))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -174,13 +273,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every stage")
-    parser.add_argument("--students", default=",".join(DEFAULT_STUDENTS), help="detection/distill options")
+    parser.add_argument("--task", default="detection", choices=sorted(TASKS), help="detection or instance")
+    parser.add_argument(
+        "--students", default=None, help="detection/distill options (default: the task's, see TASKS)"
+    )
     parser.add_argument("--retrain-teacher", action="store_true", help="train the teacher even if it exists")
     parser.add_argument("--out-dir", type=Path, default=None, help="where the table and runs go")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds for every student")
+    parser.add_argument("--jobs", type=int, default=1, help="student runs in parallel (threads=1 each)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_pipeline(args.overrides, args.students.split(","), args.retrain_teacher, args.out_dir, seeds)
+    students = args.students.split(",") if args.students else None
+    run_pipeline(args.overrides, students, args.retrain_teacher, args.out_dir, seeds, args.task, args.jobs)
 
 
 if __name__ == "__main__":
