@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor, nn
 
 from bcd_lightning.utils.config_check import ConfigError
+
+if TYPE_CHECKING:
+    from bcd_lightning.detection.instance_metrics import InstanceMetrics
 
 #: Scalar results reported in tables and logs (torchmetrics' names; -1 means "not defined", e.g. no
 #: small objects in the data).
@@ -75,6 +78,15 @@ class DetectionMetrics(nn.Module):
         self.map.reset()
 
 
-def metrics_for(class_names: Sequence[str], masks: bool) -> DetectionMetrics:
-    """TEMPORARY until the instance metrics land: box mAP only."""
-    return DetectionMetrics(class_names)
+def metrics_for(class_names: Sequence[str], masks: bool) -> DetectionMetrics | InstanceMetrics:
+    """The metric of a detector: box mAP, or with instance masks box / mask / Boundary AP and connectivity."""
+    if not masks:
+        return DetectionMetrics(class_names)
+    from bcd_lightning.detection.instance_metrics import InstanceMetrics
+
+    if importlib.util.find_spec("faster_coco_eval") is None:  # Boundary AP exists only there
+        raise ConfigError(
+            "Instance metrics (mask / Boundary AP) need faster-coco-eval: pip install 'bcd_lightning[detection]' "
+            "(or pip install faster-coco-eval)."
+        )
+    return InstanceMetrics(class_names)
