@@ -1,7 +1,9 @@
-"""Detection data: the embedded synthetic set, COCO ``instances_*.json`` and Pascal VOC detection.
+"""Detection data: the embedded synthetic set, COCO ``instances_*.json``, Pascal VOC detection and
+Cityscapes instances.
 
 Every dataset yields ``(image float32 [3, H, W] in [0, 1], target)`` with ``target = {"boxes": float
-[N, 4] xyxy pixels, "labels": int64 [N] in 1..K (0 is torchvision's background), "iscrowd": int64 [N]}``.
+[N, 4] xyxy pixels, "labels": int64 [N] in 1..K (0 is torchvision's background), "iscrowd": int64 [N]}``,
+plus ``"masks": uint8 [N, H, W]`` for instance segmentation (COCO with ``masks=True``, Cityscapes).
 Crowd boxes (COCO ``iscrowd=1``, VOC ``difficult``) are kept in the target so the metric ignores
 detections on them; the training step drops them. Images without objects give empty ``[0, 4]`` boxes.
 Degenerate boxes (width or height < 1 px after clipping, which torchvision asserts on) are dropped and
@@ -17,12 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from faster_coco_eval.core import mask as coco_mask
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from bcd_lightning.data.files import DatasetError, read_image, require_dir
+from bcd_lightning.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
+from bcd_lightning.data.cityscapes import HINT as CITYSCAPES_HINT
+from bcd_lightning.data.cityscapes import IMAGE_SUFFIX as CITYSCAPES_IMAGE_SUFFIX
+from bcd_lightning.data.cityscapes import LABEL_TO_TRAIN as CITYSCAPES_LABEL_TO_TRAIN
+from bcd_lightning.data.files import DatasetError, pair_by_stem, read_image, read_mask_raw, require_dir
 from bcd_lightning.data.synthetic import BLOB_A, BLOB_B, SyntheticSegmentation
 from bcd_lightning.metrics.morphology import label_components
 
@@ -68,8 +76,14 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
     return torch.stack([x0, y0, x1, y1], 1).float()
 
 
+def load_image(path: Path) -> Tensor:
+    """float32 ``[3, H, W]`` in [0, 1] (any Pillow-readable file)."""
+    return torch.from_numpy(read_image(path)).permute(2, 0, 1).float() / 255.0
+
+
 def clip_boxes(target: Target, height: int, width: int) -> tuple[Target, int]:
-    """Clip to the image and drop boxes under 1 px wide or high; returns the count dropped."""
+    """Clip to the image and drop boxes under 1 px wide or high (and their masks, as every key is
+    indexed alike); returns the count dropped."""
     boxes = target["boxes"].clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
@@ -152,14 +166,49 @@ def _load_json(path: Path) -> Any:
         raise DatasetError(f"COCO annotation file {path} is not valid JSON: {err}") from err
 
 
+def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` as a uint8 ``[height, width]`` mask; ``ValueError`` saying what is wrong.
+
+    Polygons (a list of ``[x0, y0, x1, y1, ...]`` lists, merged), uncompressed RLE (``counts`` a list,
+    column-major run lengths starting with a zero run: crowd regions) or compressed RLE (``counts`` a
+    string). Polygons of fewer than 3 points rasterise to nothing (COCO train2017 holds a few); an
+    instance left without pixels keeps its box and an empty mask, as in torchvision's reference COCO loader.
+    """
+    if isinstance(segm, list):
+        for poly in segm:
+            if not isinstance(poly, list) or len(poly) % 2:
+                raise ValueError(f"a polygon must be a list of x, y pairs, got {str(poly)[:60]}")
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly):
+                raise ValueError(f"a polygon holds a non-number: {str(poly)[:60]}")
+        if not segm:  # no polygon (segmToRle would give a 0 x 0 mask)
+            return np.zeros((height, width), np.uint8)
+        rle = coco_mask.segmToRle(segm, width, height)
+    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [height, width]:
+            raise ValueError(
+                f"RLE size {segm['size']} is not the image's [height, width] = [{height}, {width}]"
+            )
+        counts = segm["counts"]
+        is_runs = isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+        if not (is_runs or isinstance(counts, str)):
+            raise ValueError("RLE counts must be a list of run lengths or a compressed string")
+        rle = coco_mask.segmToRle(segm, width, height)
+    else:
+        raise ValueError(f"expected polygons or an RLE dict with counts and size, got {str(segm)[:60]}")
+    return coco_mask.decode(rle)  # its own ValueError for counts that do not cover height x width
+
+
 class CocoDetection(Dataset):
     """COCO layout: ``root/annotations/instances_<split>.json`` and ``root/<split>/<file_name>``.
 
     Category ids are mapped to 1..K in increasing id order (COCO's 80 of 90 ids). Images without
-    annotations are kept (empty targets). Boxes are ``[x, y, w, h]`` in the file, xyxy here.
+    annotations are kept (empty targets). Boxes are ``[x, y, w, h]`` in the file, xyxy here. With
+    ``masks=True`` the target also holds each annotation's ``segmentation`` (:func:`decode_segmentation`)
+    as a uint8 ``[N, H, W]`` mask at the image's size, decoded per sample (COCO has 860k annotations);
+    crowd annotations (RLE) keep theirs, for the metric.
     """
 
-    def __init__(self, root: str | Path, split: str = "val2017") -> None:
+    def __init__(self, root: str | Path, split: str = "val2017", masks: bool = False) -> None:
         root = require_dir(Path(root), "COCO root", "Expected annotations/ and image folders under it.")
         ann_file = root / "annotations" / f"instances_{split}.json"
         data = _load_json(ann_file)
@@ -170,16 +219,20 @@ class CocoDetection(Dataset):
             anns = list(data.get("annotations", []))
         except (KeyError, TypeError, ValueError) as err:
             raise DatasetError(f"{ann_file}: missing or malformed key {err} in categories/images") from err
+        self.ann_file = ann_file
         self.image_dir = root / split
+        self.masks = bool(masks)
         self.cat_to_label = {c: i + 1 for i, c in enumerate(cats)}
         self.class_names = tuple(names[c] for c in cats)
         self.images = images
-        per_image: dict[int, list[tuple[list[float], int, int]]] = {i: [] for i, _ in images}
+        # per image: (xyxy box, label, iscrowd, annotation id, segmentation or None)
+        per_image: dict[int, list[tuple[list[float], int, int, Any, Any]]] = {i: [] for i, _ in images}
         for n, ann in enumerate(anns):
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 label = self.cat_to_label[int(ann["category_id"])]
-                item = ([x, y, x + w, y + h], label, int(ann.get("iscrowd", 0)))
+                segm = ann["segmentation"] if self.masks else None
+                item = ([x, y, x + w, y + h], label, int(ann.get("iscrowd", 0)), ann.get("id"), segm)
                 per_image[int(ann["image_id"])].append(item)
             except (KeyError, TypeError, ValueError) as err:
                 raise DatasetError(
@@ -192,12 +245,28 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def decode_masks(self, items: Sequence[tuple[Any, ...]], height: int, width: int) -> Tensor:
+        """uint8 ``[N, height, width]`` masks of one image's annotations."""
+        masks = []
+        for item in items:
+            try:
+                masks.append(decode_segmentation(item[4], height, width))
+            except ValueError as err:
+                raise DatasetError(
+                    f"{self.ann_file}: annotation id {item[3]} has a malformed segmentation: {err}"
+                ) from err
+        return (
+            torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
+        )
+
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image_id, name = self.images[index]
-        image = torch.from_numpy(read_image(self.image_dir / name)).permute(2, 0, 1).float() / 255.0
+        image = load_image(self.image_dir / name)
         items = self.annotations[image_id]
-        target = make_target([b for b, _, _ in items], [c for _, c, _ in items], [z for _, _, z in items])
-        target, dropped = clip_boxes(target, image.shape[1], image.shape[2])
+        height, width = image.shape[1:]
+        masks = self.decode_masks(items, height, width) if self.masks else None
+        target = make_target([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], masks)
+        target, dropped = clip_boxes(target, height, width)
         self.dropped += dropped
         return image, target
 
@@ -249,11 +318,96 @@ class VOCDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         name = self.ids[index]
-        image = read_image(self.base / "JPEGImages" / f"{name}.jpg")
-        image_t = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
-        target, dropped = clip_boxes(self.parse(self.base / "Annotations" / f"{name}.xml"), *image.shape[:2])
+        image = load_image(self.base / "JPEGImages" / f"{name}.jpg")
+        target, dropped = clip_boxes(self.parse(self.base / "Annotations" / f"{name}.xml"), *image.shape[1:])
         self.dropped += dropped
-        return image_t, target
+        return image, target
+
+
+# --- Cityscapes instances ------------------------------------------------------------------------------
+#: Label ids of the 8 classes Cityscapes evaluates instances of (cityscapesScripts labels.py: the
+#: hasInstances classes without ignoreInEval), in the order of the labels 1..8.
+CITYSCAPES_THING_IDS = (24, 25, 26, 27, 28, 31, 32, 33)
+CITYSCAPES_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+
+
+def cityscapes_pairs(root: str | Path, split: str, mask_suffix: str) -> list[tuple[Path, Path]]:
+    """``(leftImg8bit image, gtFine file)`` pairs of a split, in sorted ``<city>/<name>`` order; an image
+    without its ``*<mask_suffix>`` file (or the reverse) is one error naming it."""
+    base = require_dir(Path(root).expanduser(), "Cityscapes root", CITYSCAPES_HINT)
+    image_dir = require_dir(base / "leftImg8bit" / split, f"Cityscapes split {split!r}", CITYSCAPES_HINT)
+    mask_dir = require_dir(
+        base / "gtFine" / split, f"Cityscapes annotations of split {split!r}", CITYSCAPES_HINT
+    )
+    images = {
+        str(p.relative_to(image_dir))[: -len(CITYSCAPES_IMAGE_SUFFIX)]: p
+        for p in image_dir.rglob("*" + CITYSCAPES_IMAGE_SUFFIX)
+    }
+    masks = {str(p.relative_to(mask_dir))[: -len(mask_suffix)]: p for p in mask_dir.rglob("*" + mask_suffix)}
+    pairs = pair_by_stem(images, masks, image_dir, mask_dir)
+    if not pairs:
+        raise DatasetError(
+            f"Cityscapes {split} ({base}): the split is empty (no *{CITYSCAPES_IMAGE_SUFFIX})."
+        )
+    return pairs
+
+
+class CityscapesInstances(Dataset):
+    """Cityscapes fine instance segmentation: ``root/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png``
+    with ``root/gtFine/<split>/<city>/<name>_gtFine_instanceIds.png``.
+
+    The 8 evaluated classes (person, rider, car, truck, bus, train, motorcycle, bicycle) are labels 1..8.
+    An instanceIds pixel holds ``class_id * 1000 + k`` for instance ``k`` of a class with instances and
+    the bare ``class_id`` elsewhere; a bare id of one of the 8 classes marks a group the annotators did
+    not split into instances (e.g. "person group"). Each such group (all pixels of that id) is kept as
+    one ``iscrowd=1`` instance, so the metric ignores detections on it and training drops it; every other
+    id (road, caravan, trailer, ...) is background. Boxes are the masks' tight boxes. Splits: ``train``,
+    ``val`` (the test labels are not public: val serves as the test set).
+    """
+
+    class_names: tuple[str, ...] = tuple(
+        CITYSCAPES_CLASSES[CITYSCAPES_LABEL_TO_TRAIN[i]] for i in CITYSCAPES_THING_IDS
+    )
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        self.pairs = cityscapes_pairs(root, split, CITYSCAPES_INSTANCE_SUFFIX)
+        self.label_of = {class_id: n + 1 for n, class_id in enumerate(CITYSCAPES_THING_IDS)}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_ids(self, path: Path) -> np.ndarray:
+        """The int64 instance-id map of an ``*_instanceIds.png`` (16-bit greyscale)."""
+        raw, mode = read_mask_raw(path)
+        if raw.ndim != 2 or mode in ("1", "L", "P"):
+            raise DatasetError(
+                f"{path} is a {mode} image: instance ids (class_id * 1000 + k) need a 16-bit single-channel "
+                f"PNG, the *{CITYSCAPES_INSTANCE_SUFFIX} files of gtFine."
+            )
+        return raw.astype(np.int64)
+
+    def instances(self, ids: np.ndarray) -> Target:
+        """Target of an instance-id map ``[H, W]``: instances, then crowd groups, by increasing id."""
+        found = np.unique(ids)
+        keep = [int(v) for v in found if (v // 1000 if v >= 1000 else v) in self.label_of]
+        ids_t = torch.from_numpy(ids)
+        masks = (
+            torch.stack([ids_t == v for v in keep]) if keep else torch.zeros(0, *ids.shape, dtype=torch.bool)
+        )
+        labels = [self.label_of[v // 1000 if v >= 1000 else v] for v in keep]
+        crowd = [int(v < 1000) for v in keep]
+        return make_target(boxes_from_masks(masks).tolist(), labels, crowd, masks)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image_path, ids_path = self.pairs[index]
+        image = load_image(image_path)
+        ids = self.read_ids(ids_path)
+        if tuple(ids.shape) != tuple(image.shape[1:]):
+            raise DatasetError(
+                f"Image {image_path} is {image.shape[2]}x{image.shape[1]} (WxH) but {ids_path} is "
+                f"{ids.shape[1]}x{ids.shape[0]}: every instanceIds file must have its image's size."
+            )
+        return image, self.instances(ids)
 
 
 # --- data module ---------------------------------------------------------------------------------------
