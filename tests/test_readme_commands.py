@@ -290,3 +290,77 @@ def test_readme_command_runs(command: str, files: dict[str, Any], tmp_path: Path
         [str(BIN / exe), *args], cwd=files["tmp"], env=ENV, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, f"{command}\n{args}\n{done.stderr[-3000:]}"
+
+
+# ------------------------------------------------------------- detection / instance: python -m commands
+
+DETECTION = [c for c in COMMANDS if c.startswith("python -m bcd_lightning.detection.")]
+#: Tiny data and models for the real runs of the detection commands (one short epoch each).
+DETECTION_SMALL = [
+    *(f"detection.data.module.{split}.num_samples={n}" for split, n in (("train", 8), ("val", 4), ("test", 4))),
+    *(f"detection.data.module.{split}.image_size=64" for split in ("train", "val", "test")),
+    "detection.data.module.batch_size=4",
+    *(f"detection.{role}.model.{k}=64" for role in ("student", "teacher") for k in ("min_size", "max_size")),
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "threads=1",
+]
+
+
+def _detection_parts(command: str) -> tuple[str, list[str]]:
+    module = WORDS[command][2].rsplit(".", 1)[1]
+    return module, WORDS[command][3:]
+
+
+def test_readme_shows_the_detection_and_instance_commands() -> None:
+    modules = {_detection_parts(c)[0] for c in DETECTION}
+    assert modules == {"train", "pipeline", "study"}
+    assert any("--task instance" in c for c in DETECTION) and "make train-instance" in COMMANDS
+
+
+@pytest.mark.parametrize("command", DETECTION)
+def test_readme_detection_command_composes(command: str) -> None:
+    """``train`` commands compose train_detection with their overrides and their models build; pipeline and
+    study commands parse, and every stage they would run composes."""
+    from bcd_lightning.builders import plain
+    from bcd_lightning.detection import pipeline, study
+    from bcd_lightning.detection.models import DetectorConfig
+
+    module, args = _detection_parts(command)
+    if module == "train":
+        cfg = compose_config([*args, "paths.output_dir=/tmp/out"], "train_detection")
+        for role in ("student", "teacher"):
+            DetectorConfig(**plain(cfg.detection[role].model))
+        return
+    parsed = (pipeline if module == "pipeline" else study).build_parser().parse_args(args)
+    spec = pipeline.task_spec(parsed.task)
+    for stage in ["teacher", *(parsed.students.split(",") if parsed.students else spec.students)]:
+        pipeline.compose_stage(stage, parsed.overrides, Path("/tmp/out"), parsed.task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in DETECTION if "paths.data_dir=/data" not in c])
+def test_readme_detection_command_runs(command: str, tmp_path: Path) -> None:
+    module, args = _detection_parts(command)
+    extra = [*DETECTION_SMALL, f"paths.log_dir={tmp_path / 'logs'}"]
+    if module == "train":
+        argv = [*args, *extra, f"hydra.run.dir={tmp_path / 'run'}"]
+        if "detection/distill=" in command and "=none" not in command:  # needs its task's teacher first
+            task = "instance" if "experiment=instance" in command else "detection"
+            teacher = [f"experiment={task}/teacher", *extra, f"hydra.run.dir={tmp_path / 'teacher'}"]
+            done = subprocess.run(
+                [sys.executable, "-m", "bcd_lightning.detection.train", *teacher],
+                cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        argv = [*args, *extra, "--out-dir", str(tmp_path / "out")]
+        argv = ["0,1" if a == "0,1,2" else a for a in argv]  # two seeds are enough to run the statistics
+        if module == "study":
+            argv += ["--docs", str(tmp_path / "docs")]
+    done = subprocess.run(
+        [sys.executable, "-m", f"bcd_lightning.detection.{module}", *argv],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{command}\n{argv}\n{done.stderr[-3000:]}"

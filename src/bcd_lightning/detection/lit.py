@@ -29,6 +29,7 @@ from bcd_lightning.detection.features import (
     mask_rois,
     paired_levels,
 )
+from bcd_lightning.detection.instance_metrics import InstanceMetrics
 from bcd_lightning.detection.losses import DetectionLoss, MaskRoILoss
 from bcd_lightning.detection.metrics import DetectionMetrics, metrics_for
 from bcd_lightning.distill.schedules import WeightSchedule, as_schedule, scheduled_weight
@@ -224,7 +225,7 @@ class DetectionModule(L.LightningModule):
         return total
 
     # --- evaluation ---------------------------------------------------------------------------------
-    def _eval_step(self, batch: tuple[list[Tensor], list[Target]], metrics: DetectionMetrics) -> None:
+    def _eval_step(self, batch: tuple[list[Tensor], list[Target]], metrics: DetectionMetrics | InstanceMetrics) -> None:
         images, targets = batch
         preds = self.model(images)
         if self.tap is not None:

@@ -268,7 +268,7 @@ def report(
     atomic_write_text(out_dir / "results.md", results_markdown(rows, spec))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -281,7 +281,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=None, help="where the table and runs go")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds for every student")
     parser.add_argument("--jobs", type=int, default=1, help="student runs in parallel (threads=1 each)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     students = args.students.split(",") if args.students else None
     run_pipeline(args.overrides, students, args.retrain_teacher, args.out_dir, seeds, args.task, args.jobs)

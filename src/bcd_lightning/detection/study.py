@@ -218,7 +218,7 @@ def merge_results(runs: Sequence[Mapping[str, Any]], students: Sequence[str]) ->
     return rows, float(sum(run["seconds"] for run in runs))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -237,7 +237,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="re-tabulate finished results.json files (pipeline or study runs, e.g. seed 0 + seeds 1,2)",
     )
     parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended as the findings")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     spec = task_spec(args.task)
     students = args.students.split(",") if args.students else list(spec.students)
     command = "python -m bcd_lightning.detection.study " + " ".join(
