@@ -10,9 +10,10 @@ and the image with ground truth / prediction mask overlays (class labels) are lo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from bcd_lightning.data.datamodule import dataset_size
 from bcd_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -88,12 +90,17 @@ def grey(values: Tensor, vmax: float) -> np.ndarray:
     return (v * 255).round().to(torch.uint8).unsqueeze(-1).expand(-1, -1, 3).contiguous().numpy()
 
 
+def tile_width(height: int, width: int, tile_height: int) -> int:
+    """Width of an ``height x width`` image shown ``tile_height`` high (aspect ratio kept)."""
+    return max(1, round(width * tile_height / height))
+
+
 def compose_panel(tiles: Sequence[tuple[str, np.ndarray]], tile_height: int) -> Image.Image:
     """Titled tiles side by side; each ``[H, W, 3]`` uint8 tile is resized (nearest) to ``tile_height``."""
     resized = []
     for title, array in tiles:
         tile = Image.fromarray(array, "RGB")
-        width = max(1, round(tile.width * tile_height / tile.height))
+        width = tile_width(tile.height, tile.width, tile_height)
         resized.append((title, tile.resize((width, tile_height), Image.Resampling.NEAREST)))
     panel = Image.new("RGB", (sum(t.width for _, t in resized), TITLE_HEIGHT + tile_height), "white")
     draw = ImageDraw.Draw(panel)
@@ -124,6 +131,64 @@ def save_png(image: Image.Image, path: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def is_panel_epoch(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Whether panels are due now: global rank zero, not the sanity check, every ``every_n_epochs``-th
+    epoch (0-based epochs ``n-1, 2n-1, ...``)."""
+    return (
+        not trainer.sanity_checking
+        and trainer.is_global_zero
+        and (trainer.current_epoch + 1) % every_n_epochs == 0
+    )
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode under ``torch.no_grad()``; every submodule gets its own mode back after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def val_dataset(trainer: L.Trainer, owner: str) -> Dataset:
+    """The dataset of the trainer's (first) validation dataloader; ``owner`` names the caller in the error."""
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    if loader is None:
+        raise RuntimeError(f"{owner} needs a validation dataloader")
+    return loader.dataset
+
+
+def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+    """Every ``WandbLogger`` attached to ``trainer``."""
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def log_wandb_images(
+    loggers: Sequence[WandbLogger],
+    entries: Sequence[tuple[str, list[Any], dict[str, Any]]],
+    step: int,
+    owner: str,
+) -> bool:
+    """Log every ``(key, images, log_image kwargs)`` entry to every logger.
+
+    Returns ``False`` after one warning naming ``owner`` when wandb fails: visual evidence must never end
+    a training run, so callers drop to PNGs only.
+    """
+    try:
+        for logger in loggers:
+            for key, images, kwargs in entries:
+                logger.log_image(key, images, step=step, **kwargs)
+    except Exception as err:
+        warnings.warn(f"{owner}: wandb logging failed, PNGs only from now on: {err}", stacklevel=2)
+        return False
+    return True
 
 
 def boundary_stage(pl_module: L.LightningModule) -> tuple[int, int]:
@@ -204,32 +269,16 @@ class ValidationPanels(L.Callback):
 
     def _fixed_samples(self, trainer: L.Trainer) -> list[dict[str, Tensor]]:
         if self._samples is None:
-            loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-            if loader is None:
-                raise RuntimeError("the panels callback needs a validation dataloader")
-            dataset = loader.dataset
+            dataset = val_dataset(trainer, "the panels callback")
             n = min(self.num_images, dataset_size(dataset))
             self._samples = [{k: dataset[i][k] for k in ("image", "mask")} for i in range(n)]
         return self._samples
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (
-            not self.enabled
-            or self.num_images == 0
-            or trainer.sanity_checking
-            or not trainer.is_global_zero
-            or (trainer.current_epoch + 1) % self.every_n_epochs
-        ):
+        if not self.enabled or self.num_images == 0 or not is_panel_epoch(trainer, self.every_n_epochs):
             return
-        student = _seg_module(pl_module).model
-        was_training = student.training
-        student.eval()
-        try:
-            with torch.no_grad():
-                self._draw(trainer, pl_module)
-        finally:
-            student.train(was_training)
+        with evaluating(_seg_module(pl_module).model):
+            self._draw(trainer, pl_module)
 
     def _draw(self, trainer: L.Trainer, lightning_module: L.LightningModule) -> None:
         pl_module = _seg_module(lightning_module)
@@ -277,7 +326,7 @@ class ValidationPanels(L.Callback):
         ignore_index: int,
         stage_note: str,
     ) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        loggers = wandb_loggers(trainer)
         if not loggers or self._wandb_failed:
             return
         labels = {i: name for i, name in enumerate(class_names)}
@@ -292,23 +341,8 @@ class ValidationPanels(L.Callback):
                 entry[who] = {"mask_data": pred.numpy().astype(np.int32), "class_labels": labels}
             masks.append(entry)
         captions = [f"val image {i} — epoch {trainer.current_epoch}" for i in range(len(panels))]
-        try:
-            for logger in loggers:
-                logger.log_image(
-                    "val/panels",
-                    panels,
-                    step=trainer.global_step,
-                    caption=[f"{c} (boundary maps: {stage_note})" for c in captions],
-                )
-                logger.log_image(
-                    "val/overlays",
-                    [o[0] for o in overlays],
-                    step=trainer.global_step,
-                    masks=masks,
-                    caption=captions,
-                )
-        except Exception as err:  # visual evidence must never end a training run
-            self._wandb_failed = True
-            warnings.warn(
-                f"ValidationPanels: wandb logging failed, PNGs only from now on: {err}", stacklevel=1
-            )
+        entries = [
+            ("val/panels", panels, {"caption": [f"{c} (boundary maps: {stage_note})" for c in captions]}),
+            ("val/overlays", [o[0] for o in overlays], {"masks": masks, "caption": captions}),
+        ]
+        self._wandb_failed = not log_wandb_images(loggers, entries, trainer.global_step, "ValidationPanels")
