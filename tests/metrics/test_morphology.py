@@ -73,10 +73,12 @@ def test_erode_equals_iterated_3x3_with_zero_border() -> None:
         assert torch.equal(erode(mask, d), ref.squeeze(1).bool())
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.int64])
 @pytest.mark.parametrize("border", [True, False])
-def test_boundary_band_is_mask_minus_erosion_for_every_class(border: bool) -> None:
+def test_boundary_band_is_mask_minus_erosion_for_every_class(border: bool, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, 3, (2, 8, 9), generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2).int()
+    labels = torch.randint(0, 3, (2, 8, 9), generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    labels = labels.to(dtype)  # int64 once overflowed F.pad's fill value (the dtype's own limit)
     labels[torch.rand(labels.shape, generator=g) < 0.05] = NO_CLASS
     for d in (1, 2, 3):
         band = boundary_band(labels, d, border_is_boundary=border)

@@ -55,6 +55,10 @@ def window_reduce(x: Tensor, radius: int, op: _Op, pad_value: int | float) -> Te
 
 
 def _extreme(dtype: torch.dtype, high: bool) -> int | float:
+    """A padding value no label reaches. F.pad passes it through a double: int64's own limits round to
+    2^63 and overflow, so int64 uses ±2^62 (exact in a double, far above any label)."""
+    if dtype == torch.int64:
+        return 2**62 if high else -(2**62)
     info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
     return info.max if high else info.min
 
