@@ -36,6 +36,20 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 MASK_SUFFIX = "_gtFine_labelIds.png"
 
 
+def list_pairs(root: str | Path, split: str, mask_suffix: str) -> list[tuple[Path, Path]]:
+    """``(leftImg8bit image, gtFine *<mask_suffix> file)`` pairs of a split in sorted ``<city>/<name>`` order
+    (semantic ``_gtFine_labelIds.png``, instance ``_gtFine_instanceIds.png``); a missing folder or an image
+    without its annotation (or the reverse) is one error naming it."""
+    base = require_dir(Path(root).expanduser(), "Cityscapes root", HINT)
+    image_dir = require_dir(base / "leftImg8bit" / split, f"Cityscapes split {split!r}", HINT)
+    mask_dir = require_dir(base / "gtFine" / split, f"Cityscapes annotations of split {split!r}", HINT)
+    images = {
+        str(p.relative_to(image_dir))[: -len(IMAGE_SUFFIX)]: p for p in image_dir.rglob("*" + IMAGE_SUFFIX)
+    }
+    masks = {str(p.relative_to(mask_dir))[: -len(mask_suffix)]: p for p in mask_dir.rglob("*" + mask_suffix)}
+    return pair_by_stem(images, masks, image_dir, mask_dir)
+
+
 class Cityscapes(PairedSegmentation):
     """Cityscapes fine annotations, 19 classes.
 
@@ -54,17 +68,7 @@ class Cityscapes(PairedSegmentation):
         self, root: str, split: str = "train", transform: Transform | None = None, ignore_index: int = 255
     ) -> None:
         base = Path(root).expanduser()
-        require_dir(base, "Cityscapes root", HINT)
-        image_dir = require_dir(base / "leftImg8bit" / split, f"Cityscapes split {split!r}", HINT)
-        mask_dir = require_dir(base / "gtFine" / split, f"Cityscapes annotations of split {split!r}", HINT)
-        images = {
-            str(p.relative_to(image_dir))[: -len(IMAGE_SUFFIX)]: p
-            for p in image_dir.rglob("*" + IMAGE_SUFFIX)
-        }
-        masks = {
-            str(p.relative_to(mask_dir))[: -len(MASK_SUFFIX)]: p for p in mask_dir.rglob("*" + MASK_SUFFIX)
-        }
-        pairs = pair_by_stem(images, masks, image_dir, mask_dir)
+        pairs = list_pairs(base, split, MASK_SUFFIX)
         super().__init__(pairs, f"Cityscapes {split} ({base})", transform, ignore_index)
         # Every label id 0..33 is valid (non-evaluated ones -> ignore); 255 is the licence plate's id -1
         # as stored by some conversion tools.

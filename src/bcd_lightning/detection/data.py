@@ -27,10 +27,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bcd_lightning.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
-from bcd_lightning.data.cityscapes import HINT as CITYSCAPES_HINT
 from bcd_lightning.data.cityscapes import IMAGE_SUFFIX as CITYSCAPES_IMAGE_SUFFIX
 from bcd_lightning.data.cityscapes import LABEL_TO_TRAIN as CITYSCAPES_LABEL_TO_TRAIN
-from bcd_lightning.data.files import DatasetError, pair_by_stem, read_image, read_mask_raw, require_dir
+from bcd_lightning.data.cityscapes import list_pairs
+from bcd_lightning.data.files import DatasetError, read_image, read_mask_raw, require_dir
 from bcd_lightning.data.synthetic import BLOB_A, BLOB_B, SyntheticSegmentation
 from bcd_lightning.metrics.morphology import label_components
 
@@ -332,22 +332,11 @@ CITYSCAPES_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 
 
 def cityscapes_pairs(root: str | Path, split: str, mask_suffix: str) -> list[tuple[Path, Path]]:
-    """``(leftImg8bit image, gtFine file)`` pairs of a split, in sorted ``<city>/<name>`` order; an image
-    without its ``*<mask_suffix>`` file (or the reverse) is one error naming it."""
-    base = require_dir(Path(root).expanduser(), "Cityscapes root", CITYSCAPES_HINT)
-    image_dir = require_dir(base / "leftImg8bit" / split, f"Cityscapes split {split!r}", CITYSCAPES_HINT)
-    mask_dir = require_dir(
-        base / "gtFine" / split, f"Cityscapes annotations of split {split!r}", CITYSCAPES_HINT
-    )
-    images = {
-        str(p.relative_to(image_dir))[: -len(CITYSCAPES_IMAGE_SUFFIX)]: p
-        for p in image_dir.rglob("*" + CITYSCAPES_IMAGE_SUFFIX)
-    }
-    masks = {str(p.relative_to(mask_dir))[: -len(mask_suffix)]: p for p in mask_dir.rglob("*" + mask_suffix)}
-    pairs = pair_by_stem(images, masks, image_dir, mask_dir)
+    """:func:`bcd_lightning.data.cityscapes.list_pairs`, and an empty split is an error here."""
+    pairs = list_pairs(root, split, mask_suffix)
     if not pairs:
         raise DatasetError(
-            f"Cityscapes {split} ({base}): the split is empty (no *{CITYSCAPES_IMAGE_SUFFIX})."
+            f"Cityscapes {split} ({root}): the split is empty (no *{CITYSCAPES_IMAGE_SUFFIX})."
         )
     return pairs
 
