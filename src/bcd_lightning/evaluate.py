@@ -4,6 +4,8 @@ The checkpoint carries the config of the run that wrote it; its ``data`` and ``s
 the base, and ``data.*`` / ``student.*`` overrides apply on top of them (any key that config has, e.g.
 ``data.root=`` of a folder run; ``+key=`` adds one). Choosing another group option (``data=voc``)
 replaces the group. A label space other than the checkpoint's is refused.
+A detection run's checkpoint (its config has ``detection``) is evaluated by
+:mod:`bcd_lightning.detection.evaluate`, with ``detection.*`` overrides.
 ``inference`` selects whole-image or sliding-window inference and flip / multi-scale test-time
 augmentation (:mod:`bcd_lightning.inference`).
 """
@@ -36,6 +38,8 @@ from bcd_lightning.utils.overrides import precheck_overrides
 from bcd_lightning.utils.run_dir import atomic_write_text, check_run_dir_overrides, save_and_print_config
 
 REUSED_GROUPS = ("data", "student")
+#: Also applied on the checkpoint run's config rather than composed (detection runs).
+DEFERRED_GROUPS = (*REUSED_GROUPS, "detection")
 
 log = get_logger(__name__)
 
@@ -70,7 +74,7 @@ def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     keep, deferred = [], []
     for arg in args:
         group, choice = _group_of(arg)
-        (deferred if group in REUSED_GROUPS and not choice and group not in chosen else keep).append(arg)
+        (deferred if group in DEFERRED_GROUPS and not choice and group not in chosen else keep).append(arg)
     return keep, deferred
 
 
@@ -145,6 +149,10 @@ def check_label_space(datamodule: Any, model: Any, run_classes: list[str] | None
 def evaluate(cfg: DictConfig, overridden: set[str] | None = None) -> dict[str, Any]:
     state, run_config, hparams = load_run_checkpoint_hparams(cfg.ckpt_path)
     key_overrides = [*DEFERRED, *(o for o in _task_overrides() if not _group_of(o)[1])]
+    if "detection" in run_config:  # a bcd_lightning.detection.train run
+        from bcd_lightning.detection.evaluate import evaluate_detection
+
+        return evaluate_detection(cfg, state, run_config, hparams, key_overrides)
     cfg = merge_run_config(
         cfg, run_config, _overridden_groups() if overridden is None else overridden, key_overrides
     )
