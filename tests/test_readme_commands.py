@@ -107,6 +107,7 @@ def _args(command: str, subs: dict[str, str]) -> list[str]:
 COMPOSE_SUBS = {
     "logs/embedded_bcd/runs/<run>": "/tmp/run",
     "logs/embedded_kd/runs/<run>": "/tmp/run",
+    "logs/instance_bcd/runs/<run>": "/tmp/run",
     "ckpt_path=...": "ckpt_path=/tmp/run/best.ckpt",
     "$SLURM_JOB_ID": "1234",
 }
@@ -207,10 +208,24 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ]
     )
     run = train(cfg)
+    from bcd_lightning.detection.train import train as train_detection
+
+    instance = compose_config(  # a tiny Mask R-CNN baseline run for the instance bcd-eval command
+        [
+            "experiment=instance/student",
+            *DETECTION_SMALL,
+            "test=false",
+            f"paths.log_dir={logs}",
+            f"paths.output_dir={tmp / 'instance_run'}",
+        ],
+        "train_detection",
+    )
+    train_detection(instance)
     return {
         "tmp": tmp,
         "logs": logs,
         "run": tmp / "run",
+        "instance_run": tmp / "instance_run",
         "ckpt": run["best_model_path"],
         "teacher": teacher,
         "folder": folder_tree(tmp / "my_data"),
@@ -221,6 +236,7 @@ def _run_subs(files: dict[str, Any], tmp_path: Path) -> dict[str, str]:
     return {
         "logs/embedded_bcd/runs/<run>": str(files["run"]),
         "logs/embedded_kd/runs/<run>": str(files["run"]),
+        "logs/instance_bcd/runs/<run>": str(files["instance_run"]),
         "logs/embedded_compare/multiruns/<time>": str(files["tmp"]),
         "ckpt_path=...": f"ckpt_path={files['ckpt']}",
         "path/to/teacher.ckpt": str(files["teacher"]),
@@ -275,12 +291,12 @@ def test_readme_command_runs(command: str, files: dict[str, Any], tmp_path: Path
                 args.append("data.train_set.transform.crop_size=[32,32]")
         args = [*args, *small, f"paths.log_dir={files['logs']}"]
     elif exe == "bcd-eval":
-        args = [
-            *args,
-            "data.val_set.num_samples=4",
-            "data.test_set.num_samples=4",
-            f"hydra.run.dir={tmp_path / 'e'}",
-        ]
+        small_data = (
+            ["detection.data.module.val.num_samples=4", "detection.data.module.test.num_samples=4"]
+            if "logs/instance_" in command
+            else ["data.val_set.num_samples=4", "data.test_set.num_samples=4"]
+        )
+        args = [*args, *small_data, f"hydra.run.dir={tmp_path / 'e'}"]
         args = [a.replace("num_samples=200", "num_samples=4") for a in args]
     elif exe == "bcd-export":
         args = [a.replace("512", "64").replace("1024", "64") for a in args]
@@ -297,7 +313,10 @@ def test_readme_command_runs(command: str, files: dict[str, Any], tmp_path: Path
 DETECTION = [c for c in COMMANDS if c.startswith("python -m bcd_lightning.detection.")]
 #: Tiny data and models for the real runs of the detection commands (one short epoch each).
 DETECTION_SMALL = [
-    *(f"detection.data.module.{split}.num_samples={n}" for split, n in (("train", 8), ("val", 4), ("test", 4))),
+    *(
+        f"detection.data.module.{split}.num_samples={n}"
+        for split, n in (("train", 8), ("val", 4), ("test", 4))
+    ),
     *(f"detection.data.module.{split}.image_size=64" for split in ("train", "val", "test")),
     "detection.data.module.batch_size=4",
     *(f"detection.{role}.model.{k}=64" for role in ("student", "teacher") for k in ("min_size", "max_size")),
