@@ -75,3 +75,50 @@ def test_teacher_then_bcd_student(tmp_path: Path) -> None:
     assert "teacher/unchanged" in metrics  # TeacherGuard: digest equal at fit end
     record = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert record["method"] == "bcd" and record["task"] == "detection" and "test/map" in record["metrics"]
+
+
+@pytest.mark.parametrize("method", ["mask_kd", "cwd", "pkd", "bcd_instance"])
+def test_instance_distill_configs_build_losses(method: str) -> None:
+    from bcd_lightning.detection.losses import MaskRoILoss
+
+    cfg = compose_config(["experiment=instance/student", f"detection/distill={method}"], "train_detection")
+    assert cfg.detection.student.model.arch == cfg.detection.teacher.model.arch == "mask_rcnn"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/mask_map"
+    losses = {n: instantiate(node.loss) for n, node in cfg.detection.distill.losses.items()}
+    assert all(isinstance(x, DetectionLoss | MaskRoILoss) for x in losses.values())
+    if method == "bcd_instance":  # the FPN-level BCD terms plus the two object-level ones
+        assert cfg.detection.distill.name == "bcd"
+        assert set(losses) == {"boundary", "context", "mask_boundary", "roi_context"}
+
+
+def test_instance_teacher_then_bcd_student(tmp_path: Path) -> None:
+    from bcd_lightning.detection.train import train
+
+    common = [f"paths.log_dir={tmp_path / 'logs'}", *TINY, "callbacks.instance_panels.max_images=2"]
+    teacher_cfg = compose_config(
+        ["experiment=instance/teacher", f"paths.output_dir={tmp_path / 't'}", *common], "train_detection"
+    )
+    result = train(teacher_cfg)
+    assert Path(teacher_cfg.detection.teacher.ckpt).is_file()
+    assert {"val/mask_map", "val/boundary_map", "val/conn_error"} <= set(result)
+    student_cfg = compose_config(
+        [
+            "experiment=instance/student",
+            "detection/distill=bcd_instance",
+            f"paths.output_dir={tmp_path / 's'}",
+            *common,
+        ],
+        "train_detection",
+    )
+    out = train(student_cfg)
+    assert {"test/mask_map", "test/boundary_map", "test/broken_rate"} <= set(out)
+    for term in ("boundary", "context", "mask_boundary", "roi_context"):
+        assert f"train/loss/{term}" in out
+    metrics = (tmp_path / "s" / "csv" / "metrics.csv").read_text()
+    assert "teacher/unchanged" in metrics  # TeacherGuard: digest equal at fit end
+    assert sorted(p.name for p in (tmp_path / "s" / "panels" / "epoch_000").iterdir()) == [
+        "img_00.png",
+        "img_01.png",
+    ]
+    record = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert record["method"] == "bcd" and record["task"] == "instance" and "test/mask_map" in record["metrics"]

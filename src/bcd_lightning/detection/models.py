@@ -20,6 +20,7 @@ from torchvision import models as tvm
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -60,6 +61,9 @@ class DetectorConfig:
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
+    #: Two-stage archs: width of the box head's two fully connected layers (torchvision: 1024; its first
+    #: layer, C·7·7 × width, is most of a small detector's step on CPU).
+    box_representation_size: int = 1024
     #: Mask R-CNN only: widths of the mask head's 3x3 convs on the 14x14 RoI features (torchvision's
     #: default four 256-wide layers; the embedded presets use two narrow ones) and of its upsampling layer.
     mask_head_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
@@ -75,6 +79,8 @@ class DetectorConfig:
             raise ValueError(
                 f"detector fpn_channels={self.fpn_channels}: FCOS's GroupNorm(32) needs a multiple of 32"
             )
+        if self.box_representation_size < 1:
+            raise ValueError(f"detector box_representation_size={self.box_representation_size} must be >= 1")
         if not self.mask_head_layers or min(self.mask_head_layers) < 1 or self.mask_dim_reduced < 1:
             raise ValueError(
                 f"detector mask_head_layers={self.mask_head_layers} / mask_dim_reduced={self.mask_dim_reduced}: "
@@ -163,10 +169,16 @@ def build_detector(cfg: DetectorConfig | Mapping[str, Any]) -> nn.Module:
             box_detections_per_img=cfg.detections_per_img,
             **common,
         )
+        # Heads replaced after construction: torchvision takes a custom predictor only with num_classes=None.
+        heads = model.roi_heads
+        if cfg.box_representation_size != 1024:
+            pooled = (
+                backbone.out_channels * heads.box_roi_pool.output_size[0] * heads.box_roi_pool.output_size[1]
+            )
+            heads.box_head = TwoMLPHead(pooled, cfg.box_representation_size)
+            heads.box_predictor = FastRCNNPredictor(cfg.box_representation_size, cfg.num_classes)
         if cfg.arch == "mask_rcnn":
-            # Replaced after construction: MaskRCNN only takes a custom predictor with num_classes=None.
             layers = [int(x) for x in cfg.mask_head_layers]
-            heads = model.roi_heads
             heads.mask_head = MaskRCNNHeads(backbone.out_channels, layers, 1)
             heads.mask_predictor = MaskRCNNPredictor(layers[-1], cfg.mask_dim_reduced, cfg.num_classes)
         return model

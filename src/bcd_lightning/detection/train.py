@@ -56,6 +56,16 @@ def build_module(cfg: DictConfig, datamodule: DetectionDataModule) -> DetectionM
     )
 
 
+def task_of(cfg: DictConfig) -> str:
+    """``instance`` for a Mask R-CNN student, else ``detection`` (the run record's ``task``)."""
+    return "instance" if cfg.detection.student.model.arch == "mask_rcnn" else "detection"
+
+
+def primary_metric(cfg: DictConfig) -> str:
+    """The val metric checkpoints and sweeps optimise: mask AP for instance runs, box AP otherwise."""
+    return "val/mask_map" if task_of(cfg) == "instance" else "val/map"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one run; returns the final metrics and the best checkpoint path."""
     output_dir = Path(cfg.paths.output_dir).resolve()
@@ -73,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "method": str(cfg.detection.distill.name),
             "seed": int(cfg.seed),
             "task_name": str(cfg.task_name),
-            "task": "detection",
+            "task": task_of(cfg),
             "best_model_path": best,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         }
@@ -86,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_detection")
 @hydra_task(record=record_failure)
 def hydra_main(cfg: DictConfig) -> float | None:
-    return train(cfg).get("val/map")
+    return train(cfg).get(primary_metric(cfg))
 
 
 def main() -> None:
