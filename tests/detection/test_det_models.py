@@ -60,3 +60,35 @@ def test_bad_config_names_the_key() -> None:
         build_detector(dict(arch="yolo"))
     with pytest.raises(ValueError, match="num_classes=1"):
         build_detector(dict(num_classes=1))
+
+
+def test_mask_rcnn_heads_follow_the_config_and_predict_masks() -> None:
+    torch.manual_seed(0)
+    cfg = dict(
+        arch="mask_rcnn", backbone="resnet18", fpn_channels=16, min_size=64, max_size=64, num_classes=3
+    )
+    model = build_detector(
+        {**cfg, "box_representation_size": 32, "mask_head_layers": [8, 12], "mask_dim_reduced": 6}
+    )
+    heads = model.roi_heads
+    assert heads.box_head.fc6.in_features == 16 * 7 * 7 and heads.box_head.fc6.out_features == 32
+    assert (
+        heads.box_predictor.cls_score.out_features == 3 and heads.box_predictor.bbox_pred.out_features == 12
+    )
+    convs = [m for m in heads.mask_head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(16, 8), (8, 12)]
+    assert (
+        heads.mask_predictor.conv5_mask.out_channels == 6
+        and heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 48)])[0]
+    n = out["boxes"].shape[0]
+    assert out["masks"].shape == (n, 1, 64, 48) and ((out["masks"] >= 0) & (out["masks"] <= 1)).all()
+    default = build_detector(cfg).roi_heads  # torchvision's sizes unless configured
+    assert default.box_head.fc6.out_features == 1024 and default.mask_predictor.conv5_mask.out_channels == 256
+    with pytest.raises(ValueError, match="mask_head_layers"):
+        build_detector({**cfg, "mask_head_layers": []})
+    with pytest.raises(ValueError, match="box_representation_size"):
+        build_detector({**cfg, "box_representation_size": 0})

@@ -22,6 +22,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 ARCHS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
@@ -172,9 +173,10 @@ def build_detector(cfg: DetectorConfig | Mapping[str, Any]) -> nn.Module:
         # Heads replaced after construction: torchvision takes a custom predictor only with num_classes=None.
         heads = model.roi_heads
         if cfg.box_representation_size != 1024:
-            pooled = (
-                backbone.out_channels * heads.box_roi_pool.output_size[0] * heads.box_roi_pool.output_size[1]
-            )
+            pool = heads.box_roi_pool
+            assert isinstance(pool, MultiScaleRoIAlign)  # torchvision's default, 7x7
+            h, w = pool.output_size
+            pooled = backbone.out_channels * int(h) * int(w)
             heads.box_head = TwoMLPHead(pooled, cfg.box_representation_size)
             heads.box_predictor = FastRCNNPredictor(cfg.box_representation_size, cfg.num_classes)
         if cfg.arch == "mask_rcnn":
