@@ -23,6 +23,7 @@ from bcd_lightning.detection.data import (
     DetectionDataModule,
     SyntheticDetection,
     VOCDetection,
+    boxes_from_masks,
 )
 from bcd_lightning.detection.models import DetectorConfig
 from support import compose_config
@@ -45,6 +46,30 @@ def test_synthetic_boxes_cover_their_class_and_are_seeded() -> None:
             # Tight: the box's first/last rows and columns each hold a pixel of the class.
             assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
             assert int(inside.sum()) >= data.min_area
+
+
+def test_synthetic_instance_masks_are_the_objects_seen_through_the_vessels() -> None:
+    from bcd_lightning.data.synthetic import VESSEL
+    from bcd_lightning.metrics.morphology import count_components
+
+    data = SyntheticDetection(8, 96, seed=5, masks=True)
+    boxes_only = SyntheticDetection(8, 96, seed=5)
+    bridged, pieces = 0, []
+    for i in range(8):
+        _, target = data[i]
+        label_map = data.seg.render_raw(i)[1]
+        masks = target["masks"].bool()
+        assert masks.dtype == torch.bool and masks.shape == (len(target["labels"]), 96, 96)
+        assert torch.equal(target["boxes"], boxes_only[i][1]["boxes"])  # the detection task's boxes
+        assert torch.equal(boxes_from_masks(masks), target["boxes"])
+        for m, label in zip(masks, target["labels"].tolist(), strict=True):
+            own, vessel = label_map == label, label_map == VESSEL
+            assert bool((m <= (own | vessel)).all())  # its class or a vessel crossing it, nothing else
+            bridged += int((m & vessel).sum())
+        assert not bool((masks.sum(0) > 1).any())  # instances do not overlap
+        pieces += count_components(masks.to(torch.int8), num_classes=2, connectivity=8)[:, 1].tolist()
+    assert bridged > 0  # the vessels crossing blobs are part of their masks
+    assert sum(p == 1 for p in pieces) >= 0.75 * len(pieces)  # so the vessels rarely cut a mask
 
 
 def write_coco(root: Path, annotations: list, images: list | None = None) -> None:

@@ -31,7 +31,7 @@ from bcd_lightning.data.cityscapes import IMAGE_SUFFIX as CITYSCAPES_IMAGE_SUFFI
 from bcd_lightning.data.cityscapes import LABEL_TO_TRAIN as CITYSCAPES_LABEL_TO_TRAIN
 from bcd_lightning.data.cityscapes import list_pairs
 from bcd_lightning.data.files import DatasetError, read_image, read_mask_raw, require_dir
-from bcd_lightning.data.synthetic import BLOB_A, BLOB_B, SyntheticSegmentation
+from bcd_lightning.data.synthetic import BLOB_A, BLOB_B, VESSEL, SyntheticSegmentation
 from bcd_lightning.metrics.morphology import label_components
 
 Target = dict[str, Tensor]
@@ -100,12 +100,14 @@ class SyntheticDetection(Dataset):
 
     Two classes (``blob_a`` = 1, ``blob_b`` = 2). An instance is a connected region of one blob class
     after a morphological closing of ``close_radius`` px, which bridges the thin vessels drawn across a
-    blob (they would otherwise cut it into pieces); its mask is the class's own pixels in that region and
-    its box spans them. Regions under ``min_area`` px are dropped (slivers of an occluded blob). The
-    vessels are stuff, not instances: they cross the whole image (a box ≈ the image) and are 1-3 px wide,
-    below what a 28x28 RoI mask resolves, so as instances they would measure mask resolution, not
-    distillation; they stay as occluders, and a blob a vessel cuts through has a mask of several
-    components, which is what the per-instance connectivity metric counts against. Seeded, offline, exact.
+    blob (they would otherwise cut it into pieces); its box spans the class's own pixels in that region
+    (Regions under ``min_area`` own pixels are dropped: slivers of an occluded blob). Its mask is the
+    object seen through the vessels crossing it: the class's own pixels in the region plus the vessel
+    pixels the closing bridged (so it is one connected piece, box = the mask's box). The vessels are
+    stuff, not instances: they cross the whole image (a box ≈ the image) and are 1-3 px wide, below what
+    a 28x28 RoI mask resolves, so as instances they would measure mask resolution, not distillation. As
+    thin occluders they are where a mask breaks, which the per-instance connectivity metric counts (a
+    mask that a vessel cuts into pieces is broken). Seeded, offline, exact.
     """
 
     class_names: tuple[str, ...] = ("blob_a", "blob_b")
@@ -141,6 +143,8 @@ class SyntheticDetection(Dataset):
                 pix = (ids == comp) & (own[0, 0] > 0)
                 if int(pix.sum()) < self.min_area:
                     continue
+                if self.masks:  # the object seen through the vessels crossing it: own + bridged vessel pixels
+                    pix = (ids == comp) & ((own[0, 0] > 0) | (mask == VESSEL))
                 ys, xs = torch.nonzero(pix, as_tuple=True)
                 boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
                 labels.append(label)
