@@ -33,7 +33,9 @@ def test_summary_pairs_by_seed_and_page(tmp_path: Path) -> None:
     assert summary["bcd"]["d_map"].low == pytest.approx(0.05)  # identical differences: a zero-width interval
     write_page(rows, 60.0, "cmd", tmp_path)
     page = (tmp_path / "results_detection.md").read_text()
-    assert "+5.0 [+5.0, +5.0], p=0.00 **significant**" in page and (tmp_path / "results_detection.png").is_file()
+    assert (
+        "+5.0 [+5.0, +5.0], p=0.00 **significant**" in page and (tmp_path / "results_detection.png").is_file()
+    )
     assert len((tmp_path / "results_detection.csv").read_text().splitlines()) == 1 + len(rows)
 
 
@@ -84,4 +86,28 @@ def test_instance_page_holm_corrects_over_methods(tmp_path: Path) -> None:
     assert "p=0.01 **significant**" in page
     assert "conn. err" in page and "Boundary AP" in page
     header = (tmp_path / "results_instance.csv").read_text().splitlines()[0]
-    assert header.startswith("model,seed,params,ms_per_image,mask_map,map,boundary_map,conn_error,broken_rate")
+    assert header.startswith(
+        "model,seed,params,ms_per_image,mask_map,map,boundary_map,conn_error,broken_rate"
+    )
+
+
+def results_table(page: str) -> str:
+    """The page from its first table to the line after the tables."""
+    end = page.index("Wall time") if "Wall time" in page else page.index("Re-tabulated")
+    return page[page.index("| model") : end]
+
+
+def test_from_csv_rebuilds_the_page_from_its_own_csv(tmp_path: Path) -> None:
+    from bcd_lightning.detection.study import main
+
+    rows = [row("teacher", 0, 0.5)] + [row("baseline", s, 0.2 + 0.01 * s) for s in range(3)]
+    rows += [row("bcd", s, 0.25 + 0.02 * s) for s in range(3)]
+    write_page(rows, 60.0, "cmd", tmp_path)
+    first = (tmp_path / "results_detection.md").read_text()
+    csv_copy = tmp_path / "copy.csv"
+    csv_copy.write_text((tmp_path / "results_detection.csv").read_text())
+    main(["--task", "detection", "--from-csv", str(csv_copy), "--docs", str(tmp_path)])
+    again = (tmp_path / "results_detection.md").read_text()
+    assert results_table(again) == results_table(first)  # same numbers, tests and verdicts from the CSV alone
+    assert "--from-csv" in again and "wall time is not known" in again
+    assert (tmp_path / "results_detection.csv").read_text() == csv_copy.read_text()

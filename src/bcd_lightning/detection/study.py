@@ -157,7 +157,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, spec: Task = TASKS["dete
 
 def write_page(
     rows: Sequence[Mapping[str, Any]],
-    seconds: float,
+    seconds: float | None,
     command: str,
     docs: Path,
     notes: str = "",
@@ -177,8 +177,12 @@ def write_page(
         "No method is tuned: every method runs its preset (the peers' weights for the baselines), the same\n"
         "tuning budget (none) for all.\n\n"
         f"{markdown(summary, spec)}\n"
-        f"Wall time of the whole run: {seconds / 60:.1f} min (one CPU thread per run, shared machine).\n\n"
-        f"{notes}"
+        + (
+            f"Wall time of the whole run: {seconds / 60:.1f} min (one CPU thread per run, shared machine).\n\n"
+            if seconds is not None
+            else "Re-tabulated from the per-seed CSV: the runs' wall time is not known to this command.\n\n"
+        )
+        + f"{notes}"
         f"Per-seed numbers: `results_{task}.csv`; plot: `results_{task}.png`.\n"
     )
     path = docs / f"results_{task}.md"
@@ -188,12 +192,29 @@ def write_page(
     return path
 
 
+def read_csv(path: Path, spec: Task) -> list[dict[str, Any]]:
+    """Rows of a page's per-seed CSV (:func:`csv_text`), numbers as numbers; a missing column is one error."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    need = ["model", "seed", "params", "ms_per_image", *(c.key for c in spec.columns), "checkpoint"]
+    missing = [k for k in need if rows and k not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"--from-csv {path}: no rows or missing columns {missing} (task {spec.name})")
+    floats = ["ms_per_image", *(c.key for c in spec.columns)]
+    return [
+        {**r, "seed": int(r["seed"]), "params": int(float(r["params"])), **{k: float(r[k]) for k in floats}}
+        for r in rows
+    ]
+
+
 def method_name(option: str) -> str:
     """The table label (``detection.distill.name``) of a ``detection/distill`` option, e.g. none → baseline."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module("bcd_lightning.conf", version_base="1.3"):
-        return str(compose("train_detection", overrides=[f"detection/distill={option}"]).detection.distill.name)
+        return str(
+            compose("train_detection", overrides=[f"detection/distill={option}"]).detection.distill.name
+        )
 
 
 def merge_results(runs: Sequence[Mapping[str, Any]], students: Sequence[str]) -> tuple[list[dict], float]:
@@ -236,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="re-tabulate finished results.json files (pipeline or study runs, e.g. seed 0 + seeds 1,2)",
     )
+    parser.add_argument(
+        "--from-csv",
+        type=Path,
+        default=None,
+        help="re-tabulate a page's own per-seed CSV (docs/results_<task>.csv): the page again, no training",
+    )
     parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended as the findings")
     return parser
 
@@ -247,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = "python -m bcd_lightning.detection.study " + " ".join(
         [f"--task {args.task}", f"--students {','.join(students)}", f"--seeds {args.seeds}", *args.overrides]
     )
-    if args.from_json:
+    if args.from_csv:
+        command = f"python -m bcd_lightning.detection.study --task {args.task} --from-csv {args.from_csv}"
+        rows, seconds = read_csv(args.from_csv, spec), None
+    elif args.from_json:
         command += " --from-json " + " ".join(str(p) for p in args.from_json)
         rows, seconds = merge_results([json.loads(p.read_text()) for p in args.from_json], students)
     else:
