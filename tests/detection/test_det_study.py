@@ -14,7 +14,7 @@ def row(model: str, seed: int, m: float) -> dict:
     return {
         "model": model,
         "seed": seed,
-        "params": 1e6,
+        "params": 1_000_000,
         "ms_per_image": 2.0,
         "map": m,
         "map_50": 2 * m,
