@@ -39,3 +39,21 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+#: Tiny detection / instance runs: 8 train, 4 val, 4 test images of 64 px, one epoch of 2 batches.
+DETECTION_TINY = (
+    "detection.data.module.train.num_samples=8",
+    "detection.data.module.val.num_samples=4",
+    "detection.data.module.test.num_samples=4",
+    "detection.data.module.train.image_size=64",
+    "detection.data.module.val.image_size=64",
+    "detection.data.module.test.image_size=64",
+    "detection.data.module.batch_size=4",
+    "detection.teacher.model.min_size=64",
+    "detection.teacher.model.max_size=64",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+)

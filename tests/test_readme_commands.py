@@ -319,7 +319,9 @@ DETECTION_SMALL = [
     ),
     *(f"detection.data.module.{split}.image_size=64" for split in ("train", "val", "test")),
     "detection.data.module.batch_size=4",
-    *(f"detection.{role}.model.{k}=64" for role in ("student", "teacher") for k in ("min_size", "max_size")),
+    *(
+        f"detection.teacher.model.{k}=64" for k in ("min_size", "max_size")
+    ),  # the teacher stage interpolates the student
     "trainer.max_epochs=1",
     "+trainer.limit_train_batches=2",
     "+trainer.limit_val_batches=1",

@@ -65,7 +65,9 @@ def test_teacher_mask_head_runs_on_the_students_proposals_without_grad_or_bn_upd
         lambda m, a: seen["teacher_mode"].append((m.training, torch.is_grad_enabled()))
     )
     for name in ("rpn", "roi_heads.box_roi_pool", "roi_heads.box_head", "transform"):
-        teacher.model.get_submodule(name).register_forward_pre_hook(lambda m, a: seen["teacher_other"].append(1))
+        teacher.model.get_submodule(name).register_forward_pre_hook(
+            lambda m, a: seen["teacher_other"].append(1)
+        )
     before = state_digest(teacher)
     bn_before = [m.running_mean.clone() for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
     module.train()
@@ -104,7 +106,9 @@ def test_roi_labels_are_the_ones_the_mask_loss_uses(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(heads, "select_training_samples", spy)
     captured: list[MaskRoIs] = []
     for loss in module.distill_losses.values():
-        loss.register_forward_pre_hook(lambda m, a: captured.append(a[0]) if isinstance(a[0], MaskRoIs) else None)
+        loss.register_forward_pre_hook(
+            lambda m, a: captured.append(a[0]) if isinstance(a[0], MaskRoIs) else None
+        )
     module.training_step(batch(), 0)
     assert captured and torch.equal(captured[0].labels, sampled[0])
     rois = captured[0]

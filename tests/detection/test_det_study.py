@@ -111,3 +111,21 @@ def test_from_csv_rebuilds_the_page_from_its_own_csv(tmp_path: Path) -> None:
     assert results_table(again) == results_table(first)  # same numbers, tests and verdicts from the CSV alone
     assert "--from-csv" in again and "wall time is not known" in again
     assert (tmp_path / "results_detection.csv").read_text() == csv_copy.read_text()
+
+
+@pytest.mark.slow
+def test_pipeline_reports_a_failed_student_and_keeps_the_others(tmp_path: Path) -> None:
+    import json
+
+    from bcd_lightning.detection.pipeline import run_pipeline
+    from support import DETECTION_TINY
+
+    overrides = [*DETECTION_TINY, f"paths.log_dir={tmp_path / 'logs'}", "threads=1"]
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(
+            overrides, ["none", "no_such_method"], out_dir=tmp_path / "out", task="detection", n_jobs=2
+        )
+    assert stop.value.code == 1
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["teacher", "baseline"]  # the table still has every run that worked
+    assert "no_such_method" in (tmp_path / "out" / "no_such_method_seed0.log").read_text()

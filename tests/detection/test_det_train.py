@@ -9,24 +9,9 @@ import pytest
 from hydra.utils import instantiate
 
 from bcd_lightning.detection.losses import DetectionLoss
-from support import compose_config
+from support import DETECTION_TINY, compose_config
 
-STUDENT = ["detection.student.model.min_size=64", "detection.student.model.max_size=64"]
-TINY = [
-    "detection.data.module.train.num_samples=8",
-    "detection.data.module.val.num_samples=4",
-    "detection.data.module.test.num_samples=4",
-    "detection.data.module.train.image_size=64",
-    "detection.data.module.val.image_size=64",
-    "detection.data.module.test.image_size=64",
-    "detection.data.module.batch_size=4",
-    "detection.teacher.model.min_size=64",
-    "detection.teacher.model.max_size=64",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-]
+TINY = DETECTION_TINY
 
 
 @pytest.mark.parametrize("method", ["fitnet", "cwd", "pkd", "bcd"])
