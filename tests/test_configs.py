@@ -23,9 +23,22 @@ def options(group: str) -> list[str]:
 
 
 def is_detection_experiment(option: str) -> bool:
-    """Experiments of ``train_detection.yaml`` (they override ``detection/*`` groups);
-    tests/detection/test_det_train.py composes and checks them with that config."""
-    return "/detection/" in (CONF / "experiment" / f"{option}.yaml").read_text()
+    """Experiments of ``train_detection.yaml``: they read or set the ``detection`` node or a ``detection/*``
+    group, themselves or through an experiment of their defaults list (tests/detection composes and checks
+    them with that config)."""
+    import yaml
+
+    text = (CONF / "experiment" / f"{option}.yaml").read_text()
+    if "${detection." in text or "\ndetection:" in text:  # reads or sets the detection node
+        return True
+    node = yaml.safe_load(text) or {}
+    for entry in node.get("defaults", []):
+        key = (next(iter(entry)) if isinstance(entry, dict) else str(entry)).split("@")[0]
+        if "detection/" in key.removeprefix("override ").lstrip("/").split("experiment/")[0]:
+            return True
+        if key.startswith("/experiment/") and is_detection_experiment(key.removeprefix("/experiment/")):
+            return True
+    return False
 
 
 #: Groups whose options are selected one by one below; ``paths`` and ``hydra`` only need to exist.

@@ -107,3 +107,21 @@ def test_instance_teacher_then_bcd_student(tmp_path: Path) -> None:
     ]
     record = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert record["method"] == "bcd" and record["task"] == "instance" and "test/mask_map" in record["metrics"]
+
+
+def _detection_experiments() -> list[str]:
+    from test_configs import is_detection_experiment, options
+
+    return [o for o in options("experiment") if is_detection_experiment(o) and not o.endswith("common")]
+
+
+@pytest.mark.parametrize("experiment", _detection_experiments())
+def test_every_detection_experiment_composes_and_its_models_are_valid(experiment: str) -> None:
+    from bcd_lightning.builders import plain
+    from bcd_lightning.detection.models import DetectorConfig
+
+    cfg = compose_config([f"experiment={experiment}", "paths.output_dir=/tmp/unused"], "train_detection")
+    for role in ("student", "teacher"):
+        DetectorConfig(**plain(cfg.detection[role].model))
+    if cfg.detection.student.model.arch == "mask_rcnn":
+        assert cfg.callbacks.model_checkpoint.monitor == "val/mask_map"
