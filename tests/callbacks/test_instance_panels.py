@@ -303,7 +303,15 @@ def test_wandb_disabled_receives_the_panels(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(WandbLogger, "log_image", spy)
     logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
     trainer = fake_trainer(tmp_path, dataset(3), loggers=[logger], current_epoch=2)
-    InstancePanels(dirpath=str(tmp_path / "p")).on_validation_epoch_end(trainer, fake_module(teacher=False))
+    try:
+        InstancePanels(dirpath=str(tmp_path / "p")).on_validation_epoch_end(
+            trainer, fake_module(teacher=False)
+        )
+    finally:  # no wandb run or settings may outlive the test (a later run would join it, disabled)
+        import wandb
+
+        logger.experiment.finish()
+        wandb.teardown()
     assert [(key, len(images)) for key, images, _ in calls] == [("val/instance_panels", 3)]
     assert calls[0][2]["caption"][1] == "val image 1 — epoch 2"
     assert all(img.size == (3 * TILE, TITLE_HEIGHT + TILE) for img in calls[0][1])

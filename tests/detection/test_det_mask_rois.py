@@ -184,3 +184,30 @@ def test_mask_losses_need_mask_rcnn_on_both_sides() -> None:
     teacher = FrozenDetector(build_detector(dict(backbone="resnet18", fpn_channels=16, **TINY)))
     with pytest.raises(ValueError, match=r"distill.losses.mask_kd: .*mask_rcnn"):
         DetectionModule(student, ["a", "b"], teacher=teacher, losses={"mask_kd": DetectionTerm(MaskKD())})
+
+
+def test_box_only_teacher_of_a_mask_rcnn_student_is_scored_on_boxes(tmp_path) -> None:
+    import lightning as L
+
+    from bcd_lightning.detection.data import DetectionDataModule
+
+    torch.manual_seed(0)
+    student = build_detector(dict(backbone="resnet18", fpn_channels=8, **TINY))
+    teacher = FrozenDetector(
+        build_detector(dict(backbone="resnet18", fpn_channels=16, **{**TINY, "arch": "faster_rcnn"}))
+    )
+    module = DetectionModule(
+        student, ["blob_a", "blob_b"], teacher=teacher, losses={"b": DetectionTerm(BoundaryLevels())}
+    )
+    data = DetectionDataModule(
+        SyntheticDetection(4, 64, seed=1, masks=True),
+        SyntheticDetection(2, 64, seed=2, masks=True),
+        batch_size=2,
+    )
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert module.teacher_metric == "map" and module.primary_metric == "mask_map"
+    assert "val/teacher_map" in trainer.callback_metrics and "val/mask_map" in trainer.callback_metrics

@@ -136,6 +136,7 @@ class DetectionModule(L.LightningModule):
         self.masks = has_mask_head(model)
         self.primary_metric = "mask_map" if self.masks else "map"
         self.teacher_val_map: float | None = None
+        self.teacher_metric = self.primary_metric
         self.save_hyperparameters({"class_names": self.class_names, "config": dict(config or {})})
         self.val_metrics = metrics_for(self.class_names, self.masks)
         self.test_metrics = metrics_for(self.class_names, self.masks)
@@ -166,7 +167,11 @@ class DetectionModule(L.LightningModule):
         if self.teacher is None:
             return
         self.teacher.train(False)
-        metric = metrics_for(self.class_names, has_mask_head(self.teacher.model))
+        # The student's metric when the teacher can produce it (a box-only teacher of a Mask R-CNN student,
+        # or a box-only student's data without masks, is scored on boxes).
+        masks = self.masks and has_mask_head(self.teacher.model)
+        self.teacher_metric = "mask_map" if masks else "map"
+        metric = metrics_for(self.class_names, masks)
         datamodule = getattr(self.trainer, "datamodule", None)  # attached by fit(), not a declared attribute
         if datamodule is None:
             raise RuntimeError(
@@ -175,9 +180,9 @@ class DetectionModule(L.LightningModule):
         for images, targets in datamodule.val_dataloader():
             images = [i.to(self.device) for i in images]
             metric.update([{k: v.cpu() for k, v in p.items()} for p in self.teacher(images)], targets)
-        self.teacher_val_map = metric.compute()[0][self.primary_metric]
+        self.teacher_val_map = metric.compute()[0][self.teacher_metric]
         Console().print(
-            f"[bold]Teacher val {self.primary_metric} before fitting: {self.teacher_val_map:.4f}[/bold]"
+            f"[bold]Teacher val {self.teacher_metric} before fitting: {self.teacher_val_map:.4f}[/bold]"
         )
 
     # --- training -----------------------------------------------------------------------------------
@@ -225,7 +230,9 @@ class DetectionModule(L.LightningModule):
         return total
 
     # --- evaluation ---------------------------------------------------------------------------------
-    def _eval_step(self, batch: tuple[list[Tensor], list[Target]], metrics: DetectionMetrics | InstanceMetrics) -> None:
+    def _eval_step(
+        self, batch: tuple[list[Tensor], list[Target]], metrics: DetectionMetrics | InstanceMetrics
+    ) -> None:
         images, targets = batch
         preds = self.model(images)
         if self.tap is not None:
@@ -243,7 +250,7 @@ class DetectionModule(L.LightningModule):
         for key, value in summary.items():
             self.log(f"val/{key}", value, prog_bar=key == self.primary_metric)
         if self.teacher_val_map is not None:
-            self.log(f"val/teacher_{self.primary_metric}", self.teacher_val_map)
+            self.log(f"val/teacher_{self.teacher_metric}", self.teacher_val_map)
         self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
