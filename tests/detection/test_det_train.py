@@ -62,7 +62,7 @@ def test_teacher_then_bcd_student(tmp_path: Path) -> None:
     assert record["method"] == "bcd" and record["task"] == "detection" and "test/map" in record["metrics"]
 
 
-@pytest.mark.parametrize("method", ["mask_kd", "cwd", "pkd", "bcd_instance"])
+@pytest.mark.parametrize("method", ["mask_kd", "cwd", "pkd", "bcd_instance", "bcd_object", "bcd_fpn"])
 def test_instance_distill_configs_build_losses(method: str) -> None:
     from bcd_lightning.detection.losses import MaskRoILoss
 
@@ -71,9 +71,13 @@ def test_instance_distill_configs_build_losses(method: str) -> None:
     assert cfg.callbacks.model_checkpoint.monitor == "val/mask_map"
     losses = {n: instantiate(node.loss) for n, node in cfg.detection.distill.losses.items()}
     assert all(isinstance(x, DetectionLoss | MaskRoILoss) for x in losses.values())
-    if method == "bcd_instance":  # the FPN-level BCD terms plus the two object-level ones
-        assert cfg.detection.distill.name == "bcd"
-        assert set(losses) == {"boundary", "context", "mask_boundary", "roi_context"}
+    expected = {  # bcd_instance = the FPN-level BCD terms (bcd_fpn) + the two object-level ones (bcd_object)
+        "bcd_instance": ("bcd", {"boundary", "context", "mask_boundary", "roi_context"}),
+        "bcd_object": ("bcd_object", {"mask_boundary", "roi_context"}),
+        "bcd_fpn": ("bcd_fpn", {"boundary", "context"}),
+    }
+    if method in expected:
+        assert (cfg.detection.distill.name, set(losses)) == expected[method]
 
 
 def test_instance_teacher_then_bcd_student(tmp_path: Path) -> None:
