@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 from hydra import compose, initialize_config_module
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 #: Tiny data and CSV logging so a run takes seconds.
 FAST = (
@@ -57,3 +60,39 @@ DETECTION_TINY = (
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
 )
+
+
+#: Tiny torchvision detector settings (64 px, few anchors and RoIs) for unit tests of detection code.
+TINY_DETECTOR = dict(
+    min_size=64,
+    max_size=64,
+    anchor_base=16,
+    rpn_batch_size_per_image=32,
+    rpn_pre_nms_top_n_train=64,
+    rpn_post_nms_top_n_train=32,
+    box_batch_size_per_image=32,
+)
+
+
+def fake_trainer(tmp_path: Path, dataset: Any, collate_fn: Any = None, **kw: Any) -> SimpleNamespace:
+    """The trainer attributes the panel callbacks read: rank zero, epoch 0, a val loader over ``dataset``."""
+    defaults = dict(
+        sanity_checking=False,
+        is_global_zero=True,
+        current_epoch=0,
+        global_step=0,
+        val_dataloaders=DataLoader(dataset, batch_size=2, collate_fn=collate_fn),
+        loggers=[],
+        default_root_dir=str(tmp_path),
+    )
+    return SimpleNamespace(**{**defaults, **kw})
+
+
+class FailingWandb(WandbLogger):
+    """A WandbLogger whose every image upload fails (no wandb run at all)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def log_image(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("wandb is down")

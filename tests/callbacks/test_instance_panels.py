@@ -17,8 +17,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
+import support
 from bcd_lightning.callbacks import InstancePanels
 from bcd_lightning.callbacks import instance_panels as module_under_test
 from bcd_lightning.callbacks.instance_panels import (
@@ -32,6 +32,7 @@ from bcd_lightning.data.files import DatasetError
 from bcd_lightning.detection.data import SyntheticDetection, collate
 from bcd_lightning.detection.models import build_detector
 from bcd_lightning.utils.config_check import ConfigError
+from support import FailingWandb
 
 CONF = Path(__file__).resolve().parents[2] / "src" / "bcd_lightning" / "conf" / "callbacks"
 TILE = 192  # default tile height: 64-px images scale by exactly 3
@@ -89,19 +90,6 @@ class FakeDetector(nn.Module):
 
 def dataset(n: int = 3, target: dict[str, Tensor] | None = None) -> list[tuple[Tensor, dict[str, Tensor]]]:
     return [(torch.full((3, 64, 64), GREY / 255), target or ground_truth()) for _ in range(n)]
-
-
-def fake_trainer(tmp_path: Path, data: Any, **kw: Any) -> Any:
-    defaults = dict(
-        sanity_checking=False,
-        is_global_zero=True,
-        current_epoch=0,
-        global_step=0,
-        val_dataloaders=DataLoader(data, batch_size=2, collate_fn=collate),
-        loggers=[],
-        default_root_dir=str(tmp_path),
-    )
-    return SimpleNamespace(**{**defaults, **kw})
 
 
 def fake_module(teacher: bool) -> Any:
@@ -317,14 +305,6 @@ def test_wandb_disabled_receives_the_panels(tmp_path: Path, monkeypatch: pytest.
     assert all(img.size == (3 * TILE, TITLE_HEIGHT + TILE) for img in calls[0][1])
 
 
-class FailingWandb(WandbLogger):
-    def __init__(self) -> None:  # no wandb run at all
-        pass
-
-    def log_image(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("wandb is down")
-
-
 def test_failing_wandb_warns_once_and_pngs_continue(tmp_path: Path) -> None:
     callback = InstancePanels(dirpath=str(tmp_path))
     module = fake_module(teacher=False)
@@ -426,3 +406,7 @@ def test_real_mask_rcnn_draws_what_it_predicts(tmp_path: Path, monkeypatch: pyte
     for i in range(2):
         image, _, student = tiles_of(tmp_path / "epoch_000" / f"img_{i:02d}.png", 3)
         assert ((outputs[i]["masks"] > 0.5).any().item()) == (student != image).any()
+
+
+def fake_trainer(tmp_path: Path, data: Any, **kw: Any) -> Any:
+    return support.fake_trainer(tmp_path, data, collate_fn=collate, **kw)

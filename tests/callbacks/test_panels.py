@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
 from bcd_lightning.builders import build_datamodule, build_model
 from bcd_lightning.callbacks import ConfusionMatrixPlot, ValidationPanels
@@ -27,7 +26,7 @@ from bcd_lightning.distill.functional import boundary_map
 from bcd_lightning.evaluation import load_run_checkpoint
 from bcd_lightning.lit import SegmentationModule
 from bcd_lightning.train import train
-from support import FAST, compose_config
+from support import FAST, FailingWandb, compose_config, fake_trainer
 
 TILE = 192  # ValidationPanels' default tile height; the 64-px FAST images scale by exactly 3
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -159,31 +158,10 @@ def test_confusion_matrix_png_written_at_test_time(bcd_run: dict[str, Any]) -> N
 # ------------------------------------------------------------------------ direct calls, no training
 
 
-def fake_trainer(tmp_path: Path, dataset: Any, **kw: Any) -> SimpleNamespace:
-    defaults = dict(
-        sanity_checking=False,
-        is_global_zero=True,
-        current_epoch=0,
-        global_step=0,
-        val_dataloaders=DataLoader(dataset, batch_size=2),
-        loggers=[],
-        default_root_dir=str(tmp_path),
-    )
-    return SimpleNamespace(**{**defaults, **kw})
-
-
 @pytest.fixture(scope="module")
 def plain_module() -> SegmentationModule:
     cfg = compose_config(["paths.output_dir=unused"])
     return SegmentationModule(build_model(cfg.student), 4, class_names=["bg", "a", "b", "v"])
-
-
-class FailingWandb(WandbLogger):
-    def __init__(self) -> None:  # no wandb run at all
-        pass
-
-    def log_image(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("wandb is down")
 
 
 def test_plain_module_has_no_teacher_tiles_and_any_size_works(plain_module, tmp_path: Path) -> None:

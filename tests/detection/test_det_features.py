@@ -14,16 +14,9 @@ from bcd_lightning.detection.features import FrozenDetector, paired_levels, vali
 from bcd_lightning.detection.lit import DetectionModule, DetectionTerm
 from bcd_lightning.detection.losses import BoundaryLevels, ContextLevels, FitNetLevels
 from bcd_lightning.detection.models import build_detector
+from support import TINY_DETECTOR
 
-TINY = dict(
-    min_size=64,
-    max_size=64,
-    anchor_base=16,
-    rpn_batch_size_per_image=32,
-    rpn_pre_nms_top_n_train=64,
-    rpn_post_nms_top_n_train=32,
-    box_batch_size_per_image=32,
-)
+TINY = TINY_DETECTOR
 
 
 def tiny_module(teacher_ckpt=None) -> DetectionModule:

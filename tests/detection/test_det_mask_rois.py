@@ -16,22 +16,12 @@ from bcd_lightning.detection.lit import DetectionModule, DetectionTerm
 from bcd_lightning.detection.losses import BoundaryLevels, BoundaryMaskKD, MaskKD, RoIContext
 from bcd_lightning.detection.models import build_detector
 from bcd_lightning.distill.functional import self_relation_kl_naive
+from support import TINY_DETECTOR
 
-TINY = dict(
-    arch="mask_rcnn",
-    min_size=64,
-    max_size=64,
-    anchor_base=16,
-    rpn_batch_size_per_image=32,
-    rpn_pre_nms_top_n_train=64,
-    rpn_post_nms_top_n_train=32,
-    box_batch_size_per_image=32,
-    mask_head_layers=[8],
-    mask_dim_reduced=8,
-)
+TINY = dict(**TINY_DETECTOR, arch="mask_rcnn", mask_head_layers=[8], mask_dim_reduced=8)
 
 
-def tiny_module(**loss_kw: float) -> DetectionModule:
+def tiny_module() -> DetectionModule:
     torch.manual_seed(0)
     student = build_detector(dict(backbone="resnet18", fpn_channels=8, **TINY))
     teacher = FrozenDetector(build_detector(dict(backbone="resnet18", fpn_channels=16, **TINY)))

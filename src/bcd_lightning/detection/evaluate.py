@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from bcd_lightning import builders
+from bcd_lightning.detection.features import has_mask_head
 from bcd_lightning.detection.instance_metrics import InstanceMetrics
 from bcd_lightning.detection.metrics import DetectionMetrics, metrics_for
 from bcd_lightning.detection.models import build_detector
@@ -123,7 +124,7 @@ def evaluate_detection(
     loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}.get(str(cfg.split))
     if loader is None:
         raise ConfigError(f"split={cfg.split!r} is not one of 'val', 'test'")
-    masks = model_cfg.get("arch") == "mask_rcnn"
+    masks = has_mask_head(model)
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu"
     summary, per_class = score_detector(model, loader(), metrics_for(datamodule.class_names, masks), device)
     metrics: dict[str, Any] = {

@@ -29,11 +29,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bcd_lightning.builders import plain
+from bcd_lightning.detection.evaluate import load_detector_strict
+from bcd_lightning.detection.features import has_mask_head
 from bcd_lightning.detection.metrics import metrics_for
 from bcd_lightning.detection.models import build_detector, count_parameters
 from bcd_lightning.detection.train import build_datamodule, train
+from bcd_lightning.evaluation import load_run_checkpoint
 from bcd_lightning.jobs import JobResult, TrainJob, run_jobs
-from bcd_lightning.models.teacher import load_checkpoint_file
 from bcd_lightning.utils.run_dir import atomic_write_text
 
 
@@ -46,8 +48,8 @@ class Column:
     scale: float = 100.0
     digits: int = 1
 
-    def cell(self, value: float) -> str:
-        return f"{self.scale * value:.{self.digits}f}"
+    def cell(self, value: float, signed: bool = False) -> str:
+        return f"{self.scale * value:{'+' if signed else ''}.{self.digits}f}"
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,11 @@ def score_checkpoint(cfg: DictConfig, ckpt: Path, model_cfg: DictConfig, label: 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     model = build_detector(plain(model_cfg))
-    state = load_checkpoint_file(ckpt)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    state, _ = load_run_checkpoint(ckpt)
+    load_detector_strict(model, state, str(ckpt), plain(model_cfg))
     model.eval()
     datamodule = build_datamodule(cfg)
-    metric = metrics_for(datamodule.class_names, masks=model_cfg.arch == "mask_rcnn")
+    metric = metrics_for(datamodule.class_names, masks=has_mask_head(model))
     times = []
     for images, targets in datamodule.test_dataloader():
         metric.update(model(images), targets)

@@ -91,8 +91,8 @@ def _difference(r: Mapping[str, Any], c: Column) -> str:
         return "–"
     p = r[f"p_{c.key}"]
     verdict = "**significant**" if p <= ALPHA else "not significant"
-    sign = lambda x: f"{c.scale * x:+.{c.digits}f}"  # noqa: E731
-    return f"{sign(d.mean)} [{sign(d.low)}, {sign(d.high)}], p={p:.2f} {verdict}"
+    mean, low, high = (c.cell(x, signed=True) for x in (d.mean, d.low, d.high))
+    return f"{mean} [{low}, {high}], p={p:.2f} {verdict}"
 
 
 def markdown(summary: Sequence[Mapping[str, Any]], spec: Task = TASKS["detection"]) -> str:

@@ -56,16 +56,6 @@ def build_module(cfg: DictConfig, datamodule: DetectionDataModule) -> DetectionM
     )
 
 
-def task_of(cfg: DictConfig) -> str:
-    """``instance`` for a Mask R-CNN student, else ``detection`` (the run record's ``task``)."""
-    return "instance" if cfg.detection.student.model.arch == "mask_rcnn" else "detection"
-
-
-def primary_metric(cfg: DictConfig) -> str:
-    """The val metric checkpoints and sweeps optimise: mask AP for instance runs, box AP otherwise."""
-    return "val/mask_map" if task_of(cfg) == "instance" else "val/map"
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one run; returns the final metrics and the best checkpoint path."""
     output_dir = Path(cfg.paths.output_dir).resolve()
@@ -83,11 +73,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "method": str(cfg.detection.distill.name),
             "seed": int(cfg.seed),
             "task_name": str(cfg.task_name),
-            "task": task_of(cfg),
+            "task": "instance" if module.masks else "detection",
             "best_model_path": best,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         }
         write_run_record(output_dir, record)
+    metrics["primary_metric"] = f"val/{module.primary_metric}"  # what checkpoints and sweeps select on
     metrics["best_model_path"] = best
     metrics["output_dir"] = str(output_dir)
     return metrics
@@ -96,7 +87,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_detection")
 @hydra_task(record=record_failure)
 def hydra_main(cfg: DictConfig) -> float | None:
-    return train(cfg).get(primary_metric(cfg))
+    metrics = train(cfg)
+    return metrics.get(metrics["primary_metric"])
 
 
 def main() -> None:
